@@ -1,0 +1,52 @@
+//! One transformer block, pre-LayerNorm style:
+//!
+//! ```text
+//! x = x + attention(layer_norm_1(x))
+//! x = x + mlp(layer_norm_2(x))
+//! ```
+//!
+//! The `x + ...` are the residual (shortcut) connections: each sub-layer only
+//! adds a correction to a stream that flows unchanged from input to output, so
+//! gradients reach early layers directly, however deep the stack. "Pre-norm"
+//! normalises the *input* of each branch and leaves the stream itself
+//! untouched; the original Transformer normalised after the addition
+//! (post-norm), which needs careful warmup to train deep models at all.
+
+use burn::module::Module;
+use burn::nn::{LayerNorm, LayerNormConfig};
+use burn::tensor::{Tensor, backend::Backend};
+
+use crate::attention::MultiHeadAttention;
+use crate::config::GptConfig;
+use crate::kv_cache::LayerCache;
+use crate::mlp::Mlp;
+
+#[derive(Module, Debug)]
+pub struct TransformerBlock<B: Backend> {
+    /// Normalises the input of the attention branch, gamma/beta `[d_model]`.
+    pub norm1: LayerNorm<B>,
+    pub attention: MultiHeadAttention<B>,
+    /// Normalises the input of the MLP branch, gamma/beta `[d_model]`.
+    pub norm2: LayerNorm<B>,
+    pub mlp: Mlp<B>,
+}
+
+impl<B: Backend> TransformerBlock<B> {
+    pub fn new(cfg: &GptConfig, device: &B::Device) -> Self {
+        let norm = || LayerNormConfig::new(cfg.d_model).with_epsilon(cfg.layer_norm_eps).init(device);
+        Self {
+            norm1: norm(),
+            attention: MultiHeadAttention::new(cfg, device),
+            norm2: norm(),
+            mlp: Mlp::new(cfg, device),
+        }
+    }
+
+    /// `[batch, seq, d_model]` → `[batch, seq, d_model]`.
+    pub fn forward(&self, x: Tensor<B, 3>, cache: Option<&mut LayerCache<B>>) -> Tensor<B, 3> {
+        let shortcut = x.clone();
+        let x = shortcut + self.attention.forward(self.norm1.forward(x), cache);
+        let shortcut = x.clone();
+        shortcut + self.mlp.forward(self.norm2.forward(x))
+    }
+}

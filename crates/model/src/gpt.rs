@@ -1,0 +1,121 @@
+//! The whole GPT: embeddings → N transformer blocks → LayerNorm → logits.
+//!
+//! ```text
+//! tokens [b, t] ─ token embedding [b, t, d] ─┐
+//!                 position embedding [t, d] ─┴─ + ─ dropout ─ block × N ─ LayerNorm ─ head → logits [b, t, vocab]
+//! ```
+
+use burn::module::Module;
+use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm, LayerNormConfig, Linear};
+use burn::tensor::{Int, Tensor, backend::Backend};
+
+use crate::block::TransformerBlock;
+use crate::config::GptConfig;
+use crate::init;
+use crate::kv_cache::KvCache;
+use crate::loss::cross_entropy;
+
+#[derive(Module, Debug)]
+pub struct Gpt<B: Backend> {
+    /// Token embedding table `[vocab, d_model]`: one learned vector per token.
+    pub token_emb: Embedding<B>,
+    /// Learned position embedding `[context_length, d_model]`: attention by
+    /// itself cannot tell positions apart, so each position adds its own vector.
+    pub pos_emb: Embedding<B>,
+    emb_dropout: Dropout,
+    pub blocks: Vec<TransformerBlock<B>>,
+    /// Final LayerNorm `[d_model]`: pre-norm blocks leave the stream
+    /// un-normalised, so it is normalised once before the head.
+    pub final_norm: LayerNorm<B>,
+    /// Output head `[d_model, vocab]` when embeddings are untied; with tied
+    /// embeddings (GPT-2) the head reuses `token_emb` transposed.
+    pub lm_head: Option<Linear<B>>,
+    context_length: usize,
+}
+
+impl<B: Backend> Gpt<B> {
+    /// A freshly initialised model (see `init.rs` for why these values).
+    /// Panics on an invalid config: call `GptConfig::validate` first for a
+    /// message a user can act on.
+    pub fn new(cfg: &GptConfig, device: &B::Device) -> Self {
+        cfg.validate().expect("invalid GptConfig");
+        Self {
+            token_emb: init::embedding(cfg.vocab_size, cfg.d_model, device),
+            pos_emb: init::embedding(cfg.context_length, cfg.d_model, device),
+            emb_dropout: DropoutConfig::new(cfg.dropout).init(),
+            blocks: (0..cfg.n_layers).map(|_| TransformerBlock::new(cfg, device)).collect(),
+            final_norm: LayerNormConfig::new(cfg.d_model).with_epsilon(cfg.layer_norm_eps).init(device),
+            lm_head: (!cfg.tie_embeddings)
+                .then(|| init::linear(cfg.d_model, cfg.vocab_size, false, init::INIT_STD, device)),
+            context_length: cfg.context_length,
+        }
+    }
+
+    pub fn context_length(&self) -> usize {
+        self.context_length
+    }
+
+    pub fn n_layers(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// `tokens [batch, seq]` → `logits [batch, seq, vocab]`: at every position,
+    /// a score for each possible next token.
+    pub fn forward(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        self.forward_from(tokens, None)
+    }
+
+    /// Like `forward`, but only for the new tokens: the positions before them
+    /// are read from `cache`, and these are appended to it. Gives the same
+    /// logits as running `forward` on the whole sequence (tested).
+    pub fn forward_cached(&self, tokens: Tensor<B, 2, Int>, cache: &mut KvCache<B>) -> Tensor<B, 3> {
+        self.forward_from(tokens, Some(cache))
+    }
+
+    fn forward_from(&self, tokens: Tensor<B, 2, Int>, mut cache: Option<&mut KvCache<B>>) -> Tensor<B, 3> {
+        let [_batch, seq] = tokens.dims();
+        let past = cache.as_ref().map_or(0, |c| c.len());
+        assert!(
+            past + seq <= self.context_length,
+            "sequence of {} tokens exceeds the context length {}",
+            past + seq,
+            self.context_length
+        );
+        let device = tokens.device();
+        let positions = Tensor::<B, 1, Int>::arange(past as i64..(past + seq) as i64, &device).reshape([1, seq]);
+        // [batch, seq, d_model] + [1, seq, d_model] (broadcast over the batch)
+        let x = self.token_emb.forward(tokens) + self.pos_emb.forward(positions);
+        let mut x = self.emb_dropout.forward(x);
+        for (i, block) in self.blocks.iter().enumerate() {
+            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            x = block.forward(x, layer_cache);
+        }
+        let x = self.final_norm.forward(x);
+        self.head(x)
+    }
+
+    /// `[batch, seq, d_model]` → `[batch, seq, vocab]`.
+    fn head(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        match &self.lm_head {
+            Some(head) => head.forward(x),
+            None => {
+                // Tied: logits = x · Eᵀ, E = token_emb [vocab, d_model].
+                let emb_t = self.token_emb.weight.val().transpose().unsqueeze::<3>(); // [1, d_model, vocab]
+                x.matmul(emb_t) // [batch, seq, d_model] · [1, d_model, vocab] → [batch, seq, vocab]
+            }
+        }
+    }
+
+    /// Mean next-token cross-entropy of `inputs [b, t]` against `targets [b, t]`.
+    pub fn loss(&self, inputs: Tensor<B, 2, Int>, targets: Tensor<B, 2, Int>) -> Tensor<B, 1> {
+        let logits = self.forward(inputs);
+        let [batch, seq, vocab] = logits.dims();
+        // Flatten every position into one row: [b·t, vocab] and [b·t].
+        cross_entropy(logits.reshape([batch * seq, vocab]), targets.reshape([batch * seq]))
+    }
+
+    /// Ids of the embedding tables, which AdamW leaves out of weight decay.
+    pub fn embedding_param_ids(&self) -> Vec<burn::module::ParamId> {
+        vec![self.token_emb.weight.id, self.pos_emb.weight.id]
+    }
+}

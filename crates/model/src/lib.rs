@@ -1,0 +1,28 @@
+//! The GPT model: a GPT-2-style decoder-only transformer, written to be read.
+//!
+//! Read in this order: [`config`], [`attention`], [`mlp`], [`block`],
+//! [`gpt`], then [`loss`] and [`kv_cache`]. The walkthrough is
+//! `notebooks-md/02-the-model.md`.
+
+pub mod attention;
+pub mod block;
+pub mod config;
+pub mod gpt;
+pub mod init;
+pub mod kv_cache;
+pub mod loss;
+pub mod mlp;
+pub mod params;
+
+pub use config::GptConfig;
+pub use gpt::Gpt;
+pub use kv_cache::KvCache;
+pub use params::{ParamCounts, count_params};
+
+/// The CPU backend every test and the default run use.
+pub type Cpu = burn::backend::NdArray<f32>;
+/// The CPU backend with automatic differentiation, for training.
+pub type CpuTrain = burn::backend::Autodiff<Cpu>;
+
+#[cfg(test)]
+mod tests;

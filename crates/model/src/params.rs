@@ -1,0 +1,46 @@
+//! Counting parameters: how big is the model, and how much of it trains?
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::{Tensor, backend::Backend};
+
+/// Total and trainable (gradient-receiving) parameter counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParamCounts {
+    pub total: usize,
+    pub trainable: usize,
+}
+
+impl std::fmt::Display for ParamCounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let pct = 100.0 * self.trainable as f64 / self.total.max(1) as f64;
+        write!(f, "{} parameters, {} trainable ({pct:.2}%)", human(self.total), human(self.trainable))
+    }
+}
+
+/// Counts the parameters of any module. "Trainable" is only meaningful on an
+/// autodiff backend: elsewhere no tensor tracks gradients, so it reads 0.
+pub fn count_params<B: Backend, M: Module<B>>(module: &M) -> ParamCounts {
+    struct Counter(ParamCounts);
+    impl<B: Backend> ModuleVisitor<B> for Counter {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let n = param.val().shape().num_elements();
+            self.0.total += n;
+            if param.val().is_require_grad() {
+                self.0.trainable += n;
+            }
+        }
+    }
+    let mut counter = Counter(ParamCounts { total: 0, trainable: 0 });
+    module.visit(&mut counter);
+    counter.0
+}
+
+/// 124439808 → "124.4M".
+pub fn human(n: usize) -> String {
+    match n {
+        n if n >= 1_000_000_000 => format!("{:.1}B", n as f64 / 1e9),
+        n if n >= 1_000_000 => format!("{:.1}M", n as f64 / 1e6),
+        n if n >= 1_000 => format!("{:.1}K", n as f64 / 1e3),
+        n => n.to_string(),
+    }
+}
