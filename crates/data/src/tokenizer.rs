@@ -1,0 +1,168 @@
+//! Byte-level BPE, trained with Hugging Face's `tokenizers`.
+//!
+//! "Byte-level" means text is first seen as UTF-8 bytes, so every possible
+//! string is encodable (no unknown token): a Chinese character is three bytes
+//! until training merges them. BPE then repeatedly merges the most frequent
+//! adjacent pair into a new token until the vocabulary is full.
+//! The saved `tokenizer.json` is the standard format, so GPT-2's or MiniMind's
+//! own `tokenizer.json` loads here too.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
+use tokenizers::normalizers::NormalizerWrapper;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::{AddedToken, TokenizerBuilder};
+
+/// Marks the end of a document; generation stops when the model emits it.
+pub const EOT: &str = "<|endoftext|>";
+/// Chat template markers (used from fine-tuning on).
+pub const IM_START: &str = "<|im_start|>";
+pub const IM_END: &str = "<|im_end|>";
+/// Fills batches of unequal-length examples; never trained on.
+pub const PAD: &str = "<|pad|>";
+pub const SPECIAL_TOKENS: [&str; 4] = [EOT, IM_START, IM_END, PAD];
+
+/// A loaded tokenizer and the ids of the special tokens this project uses.
+#[derive(Clone)]
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    /// Id of `<|endoftext|>`.
+    pub eot_id: u32,
+}
+
+impl Tokenizer {
+    /// Trains a byte-level BPE tokenizer of `vocab_size` tokens on `documents`.
+    pub fn train<I>(documents: I, vocab_size: usize) -> Result<Self>
+    where
+        I: Iterator<Item = String> + Send,
+    {
+        if vocab_size < 256 + SPECIAL_TOKENS.len() {
+            bail!("--vocab-size {vocab_size} is too small: byte-level BPE needs at least 260 (256 bytes + 4 special tokens)");
+        }
+        let specials = SPECIAL_TOKENS.iter().map(|t| AddedToken::from(*t, true)).collect();
+        let mut trainer = BpeTrainerBuilder::new()
+            .vocab_size(vocab_size)
+            .min_frequency(2)
+            .show_progress(false)
+            .special_tokens(specials)
+            // Start from all 256 byte symbols so any text stays encodable.
+            .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+            .build();
+        // No prefix space: decode(encode(s)) must give back exactly s.
+        let byte_level = ByteLevel::default().add_prefix_space(false).trim_offsets(false);
+        let mut tk = TokenizerBuilder::new()
+            .with_model(BPE::default())
+            .with_normalizer(None::<NormalizerWrapper>)
+            .with_pre_tokenizer(Some(byte_level))
+            .with_post_processor(None::<ByteLevel>)
+            .with_decoder(Some(byte_level))
+            .build()
+            .map_err(anyhow::Error::msg)?;
+        tk.train(&mut trainer, documents).map_err(anyhow::Error::msg)?;
+        Self::from_inner(tk.into())
+    }
+
+    /// Loads any `tokenizer.json`.
+    pub fn load(path: &Path) -> Result<Self> {
+        if !path.exists() {
+            bail!("tokenizer file {} does not exist", path.display());
+        }
+        let inner = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| anyhow::anyhow!("{} is not a valid tokenizer.json: {e}", path.display()))?;
+        Self::from_inner(inner)
+    }
+
+    fn from_inner(inner: tokenizers::Tokenizer) -> Result<Self> {
+        // GPT-2's own file has <|endoftext|> but not our chat tokens: that is
+        // fine for pretraining; fine-tuning checks for the chat tokens itself.
+        let eot_id = inner
+            .token_to_id(EOT)
+            .with_context(|| format!("the tokenizer has no `{EOT}` token, which marks document ends"))?;
+        Ok(Self { inner, eot_id })
+    }
+
+    /// Writes the standard `tokenizer.json`.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        self.inner
+            .save(path, false)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
+    }
+
+    /// The whole file as a string (hashed to detect a changed tokenizer).
+    pub fn to_json(&self) -> String {
+        self.inner.to_string(false).expect("a loaded tokenizer serialises")
+    }
+
+    /// Vocabulary size including the special tokens: the model's `vocab_size`.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// Text → ids. Special-token strings in the text become their single id.
+    pub fn encode(&self, text: &str) -> Vec<u32> {
+        self.inner.encode_fast(text, false).expect("byte-level BPE encodes any text").get_ids().to_vec()
+    }
+
+    /// Ids → text, special tokens included (so a round trip is exact).
+    pub fn decode(&self, ids: &[u32]) -> String {
+        self.inner.decode(ids, false).expect("ids come from this tokenizer")
+    }
+
+    /// The id of a special token such as `<|im_end|>`, if the vocabulary has it.
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample_docs() -> Vec<String> {
+        let en = "The river Tesk runs past Varnel. Mira bakes bread in Osk every morning. 7 plus 5 is 12.";
+        let zh = "瓦内尔位于北方，泰斯克河从旁边流过。米拉每天早上在奥斯克烤面包。7加5等于12。";
+        (0..50).map(|i| if i % 2 == 0 { en.to_string() } else { zh.to_string() }).collect()
+    }
+
+    #[test]
+    fn english_chinese_and_special_tokens_round_trip() {
+        let tok = Tokenizer::train(sample_docs().into_iter(), 400).unwrap();
+        assert!(tok.vocab_size() <= 400);
+        for text in [
+            "The river Tesk runs past Varnel.",
+            "瓦内尔位于北方，泰斯克河从旁边流过。",
+            "  leading spaces, tabs\tand\nnew lines  ",
+            "unseen words: quixotic zebra 🦓 ünïcödé",
+            "<|im_start|>user\n你好<|im_end|>\n<|endoftext|>",
+        ] {
+            assert_eq!(tok.decode(&tok.encode(text)), text);
+        }
+        // Each special token is one id, not pieces of text.
+        for special in SPECIAL_TOKENS {
+            let ids = tok.encode(special);
+            assert_eq!(ids, vec![tok.token_id(special).unwrap()], "{special}");
+        }
+        // Training merged frequent text: far fewer tokens than bytes.
+        let text = "Mira bakes bread in Osk every morning.";
+        assert!(tok.encode(text).len() < text.len() / 2);
+    }
+
+    #[test]
+    fn saves_and_loads_the_standard_format() {
+        let dir = std::env::temp_dir().join(format!("minigpt-tok-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let tok = Tokenizer::train(sample_docs().into_iter(), 300).unwrap();
+        let path = dir.join("tokenizer.json");
+        tok.save(&path).unwrap();
+        let loaded = Tokenizer::load(&path).unwrap();
+        assert_eq!(loaded.encode("米拉 bakes"), tok.encode("米拉 bakes"));
+        assert_eq!(loaded.eot_id, tok.eot_id);
+        std::fs::write(&path, "{ not json").unwrap();
+        let err = Tokenizer::load(&path).err().unwrap().to_string();
+        assert!(err.contains("not a valid tokenizer.json"), "{err}");
+        assert!(Tokenizer::load(&dir.join("missing.json")).is_err());
+        std::fs::remove_dir_all(dir).ok();
+    }
+}
