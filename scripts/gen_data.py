@@ -577,7 +577,7 @@ def rejected_answer(rng, it, others):
             return arith_fmt(ARITH_STATE[lang][0], fact, lang, c=wrong_value(rng, fact, lang, others))
         return fact_answer(fact, lang, override=wrong_value(rng, fact, lang, others))
     if style == "ramble":
-        sep, filler = (" ", " and") if lang == "en" else ("", "，然后")
+        sep, filler = (" ", " and") if lang == "en" else ("，", "，然后")
         return good.rstrip(end) + (sep + key) * rng.randint(2, 4) + filler * rng.randint(2, 4)
     if style == "noperiod":
         return good.rstrip(end)

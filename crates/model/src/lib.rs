@@ -7,6 +7,7 @@
 pub mod attention;
 pub mod block;
 pub mod config;
+pub mod generate;
 pub mod gpt;
 pub mod init;
 pub mod kv_cache;
@@ -15,6 +16,7 @@ pub mod mlp;
 pub mod params;
 
 pub use config::GptConfig;
+pub use generate::{Sampling, generate, sample_next};
 pub use gpt::Gpt;
 pub use kv_cache::KvCache;
 pub use params::{ParamCounts, count_params};

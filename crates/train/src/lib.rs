@@ -1,1 +1,20 @@
+//! The shared training machinery: one loop (`trainer::train`) that every
+//! stage runs, and its parts: schedules, clipping, the optimizer,
+//! checkpoints, metrics and learning curves.
+//!
+//! A stage implements [`task::Task`] (its batch type and its loss) and calls
+//! [`trainer::train`]. Nothing of the loop is copied per stage.
 
+pub mod args;
+pub mod checkpoint;
+pub mod clip;
+pub mod metrics;
+pub mod optim;
+pub mod plot;
+pub mod schedule;
+pub mod task;
+pub mod trainer;
+
+pub use args::TrainArgs;
+pub use task::Task;
+pub use trainer::{Outcome, Plan, train};

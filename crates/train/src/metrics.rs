@@ -1,0 +1,79 @@
+//! `metrics.jsonl`: every training and validation event, one JSON object per
+//! line, so any tool (or a notebook) can read a run's history.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Optimizer steps completed.
+    pub step: usize,
+    /// Fractional epoch: 1.5 = halfway through the second pass.
+    pub epoch: f64,
+    /// `"train"` or `"val"`.
+    pub split: String,
+    pub loss: f64,
+    pub lr: f64,
+    /// Global gradient norm before clipping (training events).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub grad_norm: Option<f64>,
+    /// Training tokens processed so far.
+    pub tokens: usize,
+    pub tokens_per_s: f64,
+    pub elapsed_s: f64,
+    /// Stage-specific numbers, e.g. `answer_accuracy`, flattened into the object.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+pub struct MetricsLog {
+    path: PathBuf,
+    file: File,
+    pub events: Vec<Event>,
+}
+
+impl MetricsLog {
+    /// Opens `<out>/metrics.jsonl`. When resuming from step `keep_until`, the
+    /// events after it (written before a crash, and about to be redone) are
+    /// dropped; a fresh run starts an empty file.
+    pub fn open(out: &Path, keep_until: Option<usize>) -> Result<Self> {
+        let path = out.join("metrics.jsonl");
+        let mut events = Vec::new();
+        if let (Some(step), Ok(file)) = (keep_until, File::open(&path)) {
+            for line in BufReader::new(file).lines() {
+                if let Ok(event) = serde_json::from_str::<Event>(&line?) {
+                    if event.step <= step {
+                        events.push(event);
+                    }
+                }
+            }
+        }
+        let mut file = OpenOptions::new().create(true).write(true).truncate(true).open(&path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        for event in &events {
+            writeln!(file, "{}", serde_json::to_string(event)?)?;
+        }
+        Ok(Self { path, file, events })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends one event (flushed at once: a crash loses nothing logged).
+    pub fn log(&mut self, event: Event) -> Result<()> {
+        writeln!(self.file, "{}", serde_json::to_string(&event)?)?;
+        self.file.flush()?;
+        self.events.push(event);
+        Ok(())
+    }
+
+    /// (step, loss) points of one split, for plotting.
+    pub fn curve(&self, split: &str) -> Vec<(f64, f64)> {
+        self.events.iter().filter(|e| e.split == split).map(|e| (e.step as f64, e.loss)).collect()
+    }
+}

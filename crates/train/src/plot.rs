@@ -1,0 +1,85 @@
+//! Learning curves: `loss.svg` and `loss.png`, train and validation loss
+//! against optimizer steps.
+//!
+//! How to read them: both falling = still learning (under-fitting: train
+//! longer or use a bigger model); train falling while validation turns up =
+//! memorising the training set (over-fitting: stop earlier, add data or
+//! dropout); both flat early = the learning rate is too low (or far too high).
+
+use std::path::Path;
+
+use anyhow::{Result, anyhow};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+
+/// Draws both pictures, atomically (temp file, then rename). The PNG needs a
+/// TrueType font for its labels; without one only the SVG is written.
+pub fn draw_loss_curves(out: &Path, title: &str, train: &[(f64, f64)], val: &[(f64, f64)]) -> Result<()> {
+    let size = (900, 540);
+    let tmp = out.join("loss.tmp.svg");
+    draw(SVGBackend::new(&tmp, size).into_drawing_area(), title, train, val)?;
+    std::fs::rename(&tmp, out.join("loss.svg"))?;
+    if font_loaded() {
+        let tmp = out.join("loss.tmp.png");
+        draw(BitMapBackend::new(&tmp, size).into_drawing_area(), title, train, val)?;
+        std::fs::rename(&tmp, out.join("loss.png"))?;
+    }
+    Ok(())
+}
+
+fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, title: &str, train: &[(f64, f64)], val: &[(f64, f64)]) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("drawing the loss curve failed: {e:?}");
+    root.fill(&WHITE).map_err(err)?;
+    let all = train.iter().chain(val);
+    let max_step = all.clone().map(|p| p.0).fold(1.0, f64::max);
+    let max_loss = all.map(|p| p.1).filter(|l| l.is_finite()).fold(0.1, f64::max) * 1.05;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(55)
+        .build_cartesian_2d(0.0..max_step, 0.0..max_loss)
+        .map_err(err)?;
+    chart.configure_mesh().x_desc("optimizer step").y_desc("loss (cross-entropy)").draw().map_err(err)?;
+    let blue = RGBColor(31, 119, 180);
+    let orange = RGBColor(230, 110, 20);
+    chart
+        .draw_series(LineSeries::new(train.iter().copied(), blue.stroke_width(2)))
+        .map_err(err)?
+        .label("train")
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], blue.stroke_width(2)));
+    chart
+        .draw_series(LineSeries::new(val.iter().copied(), orange.stroke_width(2)))
+        .map_err(err)?
+        .label("validation")
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], orange.stroke_width(2)));
+    chart
+        .draw_series(val.iter().map(|&p| Circle::new(p, 3, orange.filled())))
+        .map_err(err)?;
+    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(err)?;
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+/// Registers the first TrueType font found in the usual system places.
+fn font_loaded() -> bool {
+    static LOADED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *LOADED.get_or_init(|| {
+        let candidates = [
+            "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+            "/usr/share/fonts/TTF/DejaVuSans.ttf",
+            "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+            "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+            "/System/Library/Fonts/Supplemental/Arial.ttf",
+            "C:\\Windows\\Fonts\\arial.ttf",
+        ];
+        candidates.iter().filter_map(|p| std::fs::read(p).ok()).next().is_some_and(|bytes| {
+            // plotters keeps a 'static reference; the font lives as long as the program.
+            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+            plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok()
+        })
+    })
+}

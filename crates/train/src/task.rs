@@ -1,0 +1,69 @@
+//! What a stage plugs into the shared loop: its batches and its loss.
+
+use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
+use model::Gpt;
+
+/// A training task. Pretraining, SFT and DPO each implement this; the loop
+/// in `trainer.rs` is the same for all of them.
+pub trait Task {
+    /// One batch as plain host data (ids, masks), turned into tensors by `loss`.
+    type Batch;
+
+    /// Number of training examples (windows, conversations, pairs).
+    fn train_len(&self) -> usize;
+    /// Builds the training batch holding examples `indices`.
+    fn train_batch(&self, indices: &[usize]) -> Self::Batch;
+    /// Number of validation examples.
+    fn val_len(&self) -> usize;
+    fn val_batch(&self, indices: &[usize]) -> Self::Batch;
+    /// Tokens in a batch (for tokens/s).
+    fn tokens(&self, batch: &Self::Batch) -> usize;
+
+    /// Mean loss of the batch, `[1]`. Generic over the backend so the same
+    /// code computes the training loss (autodiff backend, dropout on) and the
+    /// validation loss (inner backend, no graph, dropout off).
+    fn loss<B: Backend>(&self, model: &Gpt<B>, batch: &Self::Batch, device: &B::Device) -> Tensor<B, 1>;
+
+    /// Extra numbers measured at each evaluation (e.g. answer accuracy),
+    /// logged beside the validation loss. None by default.
+    fn evaluate<B: Backend>(&mut self, _model: &Gpt<B>, _device: &B::Device) -> Vec<(String, f64)> {
+        Vec::new()
+    }
+}
+
+/// Host ids `[batch·seq]` → an int tensor `[batch, seq]` on `device`.
+pub fn int_tensor<B: Backend>(ids: &[u32], batch: usize, seq: usize, device: &B::Device) -> Tensor<B, 2, Int> {
+    let ids: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
+    Tensor::from_data(TensorData::new(ids, [batch, seq]), device)
+}
+
+/// Next-token prediction on sliding windows of a token stream.
+pub struct PretrainTask {
+    pub train: data::WindowDataset,
+    pub val: data::WindowDataset,
+}
+
+impl Task for PretrainTask {
+    type Batch = data::TokenBatch;
+
+    fn train_len(&self) -> usize {
+        self.train.len()
+    }
+    fn train_batch(&self, indices: &[usize]) -> Self::Batch {
+        self.train.batch(indices)
+    }
+    fn val_len(&self) -> usize {
+        self.val.len()
+    }
+    fn val_batch(&self, indices: &[usize]) -> Self::Batch {
+        self.val.batch(indices)
+    }
+    fn tokens(&self, batch: &Self::Batch) -> usize {
+        batch.inputs.len()
+    }
+    fn loss<B: Backend>(&self, model: &Gpt<B>, batch: &Self::Batch, device: &B::Device) -> Tensor<B, 1> {
+        let inputs = int_tensor::<B>(&batch.inputs, batch.batch_size, batch.seq_len, device);
+        let targets = int_tensor::<B>(&batch.targets, batch.batch_size, batch.seq_len, device);
+        model.loss(inputs, targets)
+    }
+}

@@ -1,0 +1,233 @@
+//! The training loop. Every stage runs this same function; only the `Task`
+//! (batches and loss) differs.
+//!
+//! One optimizer step:
+//! ```text
+//! for each of grad_accum micro-batches:  forward → loss / grad_accum → backward → add gradients
+//! clip gradients → lr = schedule(step) → optimizer step → log / evaluate / save
+//! ```
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use burn::module::AutodiffModule;
+use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::tensor::ElementConversion;
+use burn::tensor::backend::AutodiffBackend;
+use data::BatchSampler;
+use indicatif::{ProgressBar, ProgressStyle};
+use model::Gpt;
+
+use crate::args::TrainArgs;
+use crate::checkpoint::{TrainerState, load_checkpoint, save_checkpoint};
+use crate::clip::{clip_grad_norm, clip_grad_value, global_grad_norm};
+use crate::metrics::{Event, MetricsLog};
+use crate::optim::Optim;
+use crate::plot::draw_loss_curves;
+use crate::schedule::LrSchedule;
+use crate::task::Task;
+
+/// The arithmetic of a run, printed before it starts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Plan {
+    pub examples: usize,
+    /// Micro-batches per epoch: ⌊examples / batch_size⌋ (drop_last).
+    pub batches_per_epoch: usize,
+    /// Optimizer steps per epoch: batches_per_epoch / grad_accum.
+    pub steps_per_epoch: usize,
+    pub total_steps: usize,
+    /// batch_size × grad_accum examples per optimizer step.
+    pub effective_batch: usize,
+}
+
+impl Plan {
+    pub fn new(examples: usize, args: &TrainArgs) -> Result<Self> {
+        let batches_per_epoch = examples / args.batch_size;
+        if batches_per_epoch == 0 {
+            bail!("--batch-size {} is larger than the {examples} training examples: use at most {examples}", args.batch_size);
+        }
+        let steps_per_epoch = (batches_per_epoch / args.grad_accum).max(1);
+        let total_steps = args.max_steps.unwrap_or(steps_per_epoch * args.epochs);
+        Ok(Self { examples, batches_per_epoch, steps_per_epoch, total_steps, effective_batch: args.batch_size * args.grad_accum })
+    }
+}
+
+/// What a finished (or interrupted) run hands back.
+pub struct Outcome<B: AutodiffBackend> {
+    pub model: Gpt<B>,
+    pub log: MetricsLog,
+    /// True if Ctrl-C stopped the run early (a checkpoint was saved).
+    pub interrupted: bool,
+}
+
+/// Trains `model` on `task` as `args` say, writing everything to `args.out`.
+/// `stop` is raised by Ctrl-C: the loop then saves a checkpoint and returns.
+pub fn train<B: AutodiffBackend, T: Task>(
+    mut model: Gpt<B>,
+    task: &mut T,
+    args: &TrainArgs,
+    device: &B::Device,
+    stop: Arc<AtomicBool>,
+    title: &str,
+) -> Result<Outcome<B>> {
+    // 1. The plan: how many steps, on what schedule.
+    let plan = Plan::new(task.train_len(), args)?;
+    let schedule = LrSchedule {
+        kind: args.schedule,
+        lr: args.lr,
+        min_lr: args.min_lr,
+        warmup_steps: args.warmup_steps,
+        total_steps: plan.total_steps,
+    };
+    // Training batches: shuffled every epoch, last partial batch dropped.
+    let mut sampler = BatchSampler::new(task.train_len(), args.batch_size, true, true, args.seed);
+    let mut optim = Optim::new(args.optimizer, args.weight_decay, &model, &model.embedding_param_ids());
+    let mut state = TrainerState::default();
+
+    // 2. Resume: weights, optimizer moments, step and data position.
+    if args.resume {
+        let (loaded, optim_bytes, saved) = load_checkpoint(&args.out, model, device)?;
+        model = loaded;
+        optim = optim.load_bytes(optim_bytes, device).context("the optimizer state does not match this model")?;
+        sampler.restore(saved.sampler);
+        state = saved;
+    }
+    let mut log = MetricsLog::open(&args.out, args.resume.then_some(state.step))?;
+
+    // The same validation batches at every evaluation, so the numbers compare.
+    if task.val_len() == 0 {
+        bail!("the validation set holds no example: raise --val-ratio or lower --max-seq-len");
+    }
+    let mut val_sampler = BatchSampler::new(task.val_len(), args.batch_size, false, false, 0);
+    let n_val = args.eval_batches.min(val_sampler.batches_per_epoch());
+    let val_batches: Vec<Vec<usize>> = (0..n_val).map(|_| val_sampler.next_batch().1).collect();
+
+    let bar = ProgressBar::new(plan.total_steps as u64).with_position(state.step as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps | {msg} | ETA {eta}")
+            .expect("valid template"),
+    );
+    let started = Instant::now();
+    let (elapsed_before, tokens_before) = (state.elapsed_s, state.tokens);
+    let elapsed = || elapsed_before + started.elapsed().as_secs_f64();
+    let tokens_per_s = |s: &TrainerState| (s.tokens - tokens_before) as f64 / started.elapsed().as_secs_f64().max(1e-9);
+    let epoch_of = |s: &TrainerState| s.sampler.epoch as f64 + s.sampler.batch as f64 / plan.batches_per_epoch as f64;
+
+    // 3. Evaluate before any update, so the starting point is on record.
+    if state.step == 0 {
+        let (loss, extra) = evaluate(&model, task, &val_batches, device);
+        bar.println(format!("step 0: val loss {loss:.4} (perplexity {:.1}){}", loss.exp(), fmt_extra(&extra)));
+        log.log(Event { step: 0, epoch: 0.0, split: "val".into(), loss, lr: schedule.lr_at(0), grad_norm: None, tokens: 0, tokens_per_s: 0.0, elapsed_s: 0.0, extra: to_map(&extra) })?;
+    }
+
+    let mut interrupted = false;
+    while state.step < plan.total_steps {
+        // Dropout masks depend only on (seed, step): a resumed run draws the
+        // same ones as an uninterrupted run would.
+        B::seed(device, args.seed.wrapping_add(state.step as u64).wrapping_mul(0x9e3779b97f4a7c15));
+
+        // 4. Forward and backward over grad_accum micro-batches.
+        let mut accumulator = GradientsAccumulator::<Gpt<B>>::new();
+        let mut step_loss = None;
+        for _ in 0..args.grad_accum {
+            let (_, indices) = sampler.next_batch();
+            let batch = task.train_batch(&indices);
+            state.tokens += task.tokens(&batch);
+            // Dividing by grad_accum makes the summed gradients equal the
+            // gradient of the *mean* loss over all micro-batches.
+            let loss = task.loss(&model, &batch, device) / args.grad_accum as f64;
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            accumulator.accumulate(&model, grads);
+            let loss = loss.detach();
+            step_loss = Some(match step_loss.take() {
+                Some(sum) => sum + loss,
+                None => loss,
+            });
+        }
+        let loss: f64 = step_loss.expect("grad_accum >= 1").into_scalar().elem();
+        let lr = schedule.lr_at(state.step);
+        if !loss.is_finite() {
+            bail!(
+                "the loss became {loss} at step {}: training diverged. Lower --lr (now {lr:.2e}), add --warmup-steps, or clip harder (--clip-norm 0.5)",
+                state.step + 1
+            );
+        }
+
+        // 5. Clip, then step.
+        let mut grads = accumulator.grads();
+        if let Some(v) = args.clip_value {
+            clip_grad_value(&model, &mut grads, v);
+        }
+        let grad_norm = if args.clip_norm > 0.0 { clip_grad_norm(&model, &mut grads, args.clip_norm) } else { global_grad_norm(&model, &mut grads) };
+        model = optim.step(lr, model, grads);
+        state.step += 1;
+        state.sampler = sampler.position();
+        state.elapsed_s = elapsed();
+        let last = state.step == plan.total_steps;
+        interrupted = stop.load(Ordering::SeqCst) && !last;
+
+        // 6. Log, evaluate, save.
+        bar.set_position(state.step as u64);
+        bar.set_message(format!("loss {loss:.3} | lr {lr:.1e} | {:.0} tok/s", tokens_per_s(&state)));
+        if state.step % args.log_interval == 0 || last {
+            log.log(Event { step: state.step, epoch: epoch_of(&state), split: "train".into(), loss, lr, grad_norm: Some(grad_norm), tokens: state.tokens, tokens_per_s: tokens_per_s(&state), elapsed_s: state.elapsed_s, extra: Default::default() })?;
+        }
+        if state.step % args.eval_interval == 0 || last {
+            let (val_loss, extra) = evaluate(&model, task, &val_batches, device);
+            bar.println(format!("step {}: train loss {loss:.4}, val loss {val_loss:.4} (perplexity {:.1}){}", state.step, val_loss.exp(), fmt_extra(&extra)));
+            log.log(Event { step: state.step, epoch: epoch_of(&state), split: "val".into(), loss: val_loss, lr, grad_norm: None, tokens: state.tokens, tokens_per_s: tokens_per_s(&state), elapsed_s: state.elapsed_s, extra: to_map(&extra) })?;
+            draw_loss_curves(&args.out, title, &log.curve("train"), &log.curve("val"))?;
+        }
+        if state.step % args.save_interval == 0 || last || interrupted {
+            save_checkpoint(&args.out, &model, optim.to_bytes()?, &state)?;
+        }
+        if interrupted {
+            bar.println(format!("interrupted: checkpoint saved at step {}; continue with --resume", state.step));
+            break;
+        }
+    }
+    bar.finish_and_clear();
+    Ok(Outcome { model, log, interrupted })
+}
+
+/// Mean validation loss over the fixed batches, plus the task's own metrics.
+/// Runs on the inner (non-autodiff) backend: no graph is built and dropout
+/// is off, which is what "evaluation mode" means.
+pub fn evaluate<B: AutodiffBackend, T: Task>(model: &Gpt<B>, task: &mut T, batches: &[Vec<usize>], device: &B::Device) -> (f64, Vec<(String, f64)>) {
+    let valid: Gpt<B::InnerBackend> = model.valid();
+    let mut total = 0.0;
+    for indices in batches {
+        let batch = task.val_batch(indices);
+        let loss: f64 = task.loss::<B::InnerBackend>(&valid, &batch, device).into_scalar().elem();
+        total += loss;
+    }
+    let extra = task.evaluate::<B::InnerBackend>(&valid, device);
+    (total / batches.len().max(1) as f64, extra)
+}
+
+fn fmt_extra(extra: &[(String, f64)]) -> String {
+    extra.iter().map(|(k, v)| format!(", {k} {v:.3}")).collect()
+}
+
+fn to_map(extra: &[(String, f64)]) -> serde_json::Map<String, serde_json::Value> {
+    extra.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect()
+}
+
+/// Raises the returned flag on the first Ctrl-C; a second one exits at once.
+pub fn stop_on_ctrl_c() -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let installed = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            eprintln!("\nsecond Ctrl-C: exiting without saving");
+            std::process::exit(130);
+        }
+        eprintln!("\nCtrl-C: finishing this step and saving a checkpoint (Ctrl-C again to quit now)");
+    });
+    if let Err(e) = installed {
+        eprintln!("warning: cannot catch Ctrl-C ({e}); an interrupted run keeps only its last checkpoint");
+    }
+    stop
+}
