@@ -6,6 +6,7 @@
 //! `notebooks-md/01-tokens-and-data.md`.
 
 pub mod corpus;
+pub mod prepare;
 pub mod sampler;
 pub mod token_file;
 pub mod tokenizer;

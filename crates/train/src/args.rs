@@ -82,7 +82,7 @@ pub struct TrainArgs {
 /// Replaces the default values of `command`'s flags: `[("lr", "5e-5"), ...]`.
 pub fn with_defaults(mut command: Command, defaults: &[(&'static str, &'static str)]) -> Command {
     for &(name, value) in defaults {
-        command = command.mut_arg(name, |arg| arg.default_value(value));
+        command = command.mut_arg(name, |arg| arg.default_value(value).required(false));
     }
     command
 }

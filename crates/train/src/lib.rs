@@ -8,12 +8,17 @@
 pub mod args;
 pub mod checkpoint;
 pub mod clip;
+pub mod device;
 pub mod metrics;
 pub mod optim;
 pub mod plot;
+pub mod run;
 pub mod schedule;
 pub mod task;
 pub mod trainer;
+
+#[cfg(test)]
+mod tests;
 
 pub use args::TrainArgs;
 pub use task::Task;

@@ -12,22 +12,22 @@ use anyhow::{Result, anyhow};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-/// Draws both pictures, atomically (temp file, then rename). The PNG needs a
-/// TrueType font for its labels; without one only the SVG is written.
+/// Draws both pictures, atomically (temp file, then rename). Labels need a
+/// TrueType font (plotters measures text even for SVG); on a machine without
+/// one the curves are drawn unlabelled: blue = train, orange = validation.
 pub fn draw_loss_curves(out: &Path, title: &str, train: &[(f64, f64)], val: &[(f64, f64)]) -> Result<()> {
     let size = (900, 540);
+    let text = font_loaded();
     let tmp = out.join("loss.tmp.svg");
-    draw(SVGBackend::new(&tmp, size).into_drawing_area(), title, train, val)?;
+    draw(SVGBackend::new(&tmp, size).into_drawing_area(), title, train, val, text)?;
     std::fs::rename(&tmp, out.join("loss.svg"))?;
-    if font_loaded() {
-        let tmp = out.join("loss.tmp.png");
-        draw(BitMapBackend::new(&tmp, size).into_drawing_area(), title, train, val)?;
-        std::fs::rename(&tmp, out.join("loss.png"))?;
-    }
+    let tmp = out.join("loss.tmp.png");
+    draw(BitMapBackend::new(&tmp, size).into_drawing_area(), title, train, val, text)?;
+    std::fs::rename(&tmp, out.join("loss.png"))?;
     Ok(())
 }
 
-fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, title: &str, train: &[(f64, f64)], val: &[(f64, f64)]) -> Result<()>
+fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, title: &str, train: &[(f64, f64)], val: &[(f64, f64)], text: bool) -> Result<()>
 where
     DB::ErrorType: 'static,
 {
@@ -36,14 +36,19 @@ where
     let all = train.iter().chain(val);
     let max_step = all.clone().map(|p| p.0).fold(1.0, f64::max);
     let max_loss = all.map(|p| p.1).filter(|l| l.is_finite()).fold(0.1, f64::max) * 1.05;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 22))
-        .margin(15)
-        .x_label_area_size(40)
-        .y_label_area_size(55)
-        .build_cartesian_2d(0.0..max_step, 0.0..max_loss)
-        .map_err(err)?;
-    chart.configure_mesh().x_desc("optimizer step").y_desc("loss (cross-entropy)").draw().map_err(err)?;
+    let mut builder = ChartBuilder::on(&root);
+    builder.margin(15);
+    if text {
+        builder.caption(title, ("sans-serif", 22)).x_label_area_size(40).y_label_area_size(55);
+    }
+    let mut chart = builder.build_cartesian_2d(0.0..max_step, 0.0..max_loss).map_err(err)?;
+    let mut mesh = chart.configure_mesh();
+    if text {
+        mesh.x_desc("optimizer step").y_desc("loss (cross-entropy)");
+    } else {
+        mesh.disable_x_axis().disable_y_axis();
+    }
+    mesh.draw().map_err(err)?;
     let blue = RGBColor(31, 119, 180);
     let orange = RGBColor(230, 110, 20);
     chart
@@ -59,7 +64,9 @@ where
     chart
         .draw_series(val.iter().map(|&p| Circle::new(p, 3, orange.filled())))
         .map_err(err)?;
-    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(err)?;
+    if text {
+        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(err)?;
+    }
     root.present().map_err(err)?;
     Ok(())
 }

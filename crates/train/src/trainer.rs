@@ -83,16 +83,22 @@ pub fn train<B: AutodiffBackend, T: Task>(
     };
     // Training batches: shuffled every epoch, last partial batch dropped.
     let mut sampler = BatchSampler::new(task.train_len(), args.batch_size, true, true, args.seed);
-    let mut optim = Optim::new(args.optimizer, args.weight_decay, &model, &model.embedding_param_ids());
     let mut state = TrainerState::default();
 
-    // 2. Resume: weights, optimizer moments, step and data position.
+    // 2. Resume: weights, optimizer moments, step and data position. The
+    // optimizer is built after the weights are loaded: loading brings the
+    // saved parameter ids, which key the optimizer's state.
+    let mut optim_bytes = None;
     if args.resume {
-        let (loaded, optim_bytes, saved) = load_checkpoint(&args.out, model, device)?;
+        let (loaded, bytes, saved) = load_checkpoint(&args.out, model, device)?;
         model = loaded;
-        optim = optim.load_bytes(optim_bytes, device).context("the optimizer state does not match this model")?;
+        optim_bytes = Some(bytes);
         sampler.restore(saved.sampler);
         state = saved;
+    }
+    let mut optim = Optim::new(args.optimizer, args.weight_decay, &model, &model.embedding_param_ids());
+    if let Some(bytes) = optim_bytes {
+        optim = optim.load_bytes(bytes, device).context("the optimizer state does not match this model")?;
     }
     let mut log = MetricsLog::open(&args.out, args.resume.then_some(state.step))?;
 

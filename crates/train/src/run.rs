@@ -1,0 +1,58 @@
+//! Chores every stage binary does the same way: preparing the output folder,
+//! printing the plan and a short summary, sampling from the model.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use burn::tensor::backend::Backend;
+use data::Tokenizer;
+use data::util::SplitMix64;
+use model::{Gpt, GptConfig, Sampling, generate};
+
+use crate::checkpoint::{checkpoint_dir, read_model_config};
+use crate::trainer::Plan;
+
+/// Makes sure `--out` can be written and that nothing is overwritten by
+/// accident: a fresh run into a folder holding a checkpoint is refused
+/// unless `overwrite`; `--resume` needs the same model shape as the saved run.
+pub fn prepare_out_dir(out: &Path, resume: bool, overwrite: bool, model: &GptConfig) -> Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("--out {}: cannot create this folder; pick a writable path", out.display()))?;
+    let probe = out.join(".write-test");
+    std::fs::write(&probe, b"").with_context(|| format!("--out {}: folder is not writable; pick another path", out.display()))?;
+    std::fs::remove_file(probe).ok();
+    let has_checkpoint = checkpoint_dir(out).join("state.json").exists();
+    if resume {
+        let saved = read_model_config(out).context("--resume")?;
+        if &saved != model {
+            bail!("--resume: {} was trained with a different model shape ({} layers, d_model {}, vocab {}); use the same --preset and overrides, or a new --out", out.display(), saved.n_layers, saved.d_model, saved.vocab_size);
+        }
+    } else if has_checkpoint && !overwrite {
+        bail!("--out {} already holds a checkpoint: pass --resume to continue it, --overwrite to start over, or choose another --out", out.display());
+    }
+    Ok(())
+}
+
+/// The start-up report: model size and the arithmetic of the run.
+pub fn print_plan(params: model::ParamCounts, train_tokens: usize, val_tokens: usize, plan: &Plan, tokens_per_example: usize) {
+    println!("model:      {params}");
+    println!("data:       {train_tokens} training tokens, {val_tokens} validation tokens");
+    println!("examples:   {} training examples of up to {tokens_per_example} tokens", plan.examples);
+    println!(
+        "steps:      {} per epoch ({} micro-batches / grad accum), {} in total; effective batch {} examples = {} tokens per step",
+        plan.steps_per_epoch,
+        plan.batches_per_epoch,
+        plan.total_steps,
+        plan.effective_batch,
+        plan.effective_batch * tokens_per_example
+    );
+}
+
+/// Generates a continuation of `prompt` (ids), printing it as it grows.
+pub fn print_sample<B: Backend>(model: &Gpt<B>, tokenizer: &Tokenizer, prompt: &[u32], max_new: usize, seed: u64) -> String {
+    let mut rng = SplitMix64(seed);
+    let mut ids = prompt.to_vec();
+    let sampling = Sampling { temperature: 0.8, top_k: Some(40), top_p: None, repetition_penalty: 1.0 };
+    let new = generate(model, prompt, max_new, &sampling, Some(tokenizer.eot_id), true, &mut || rng.next_f64(), &mut |_| true);
+    ids.extend(&new);
+    tokenizer.decode(&ids)
+}

@@ -1,0 +1,236 @@
+//! Tests of the shared loop: accumulation, learning, resuming, logging.
+
+use std::cell::Cell;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData, Tolerance};
+use clap::{CommandFactory, FromArgMatches, Parser};
+use model::{CpuTrain, Gpt, GptConfig};
+
+use crate::metrics::Event;
+use crate::task::{Task, int_tensor};
+use crate::{Plan, TrainArgs, train};
+
+/// Windows over an in-memory token sequence: a task with no files.
+struct VecTask {
+    tokens: Vec<u32>,
+    seq: usize,
+    n_train: usize,
+    n_val: usize,
+    /// Raise `stop` once this many training batches were drawn (to simulate Ctrl-C).
+    stop_after: Option<(usize, Arc<AtomicBool>)>,
+    drawn: Cell<usize>,
+    /// Multiply the loss by this (NaN to test divergence handling).
+    loss_scale: f64,
+}
+
+struct Batch {
+    inputs: Vec<u32>,
+    targets: Vec<u32>,
+    rows: usize,
+}
+
+impl VecTask {
+    /// A learnable sequence: a fixed pseudo-random "text" over 40 tokens, repeated.
+    fn new(n_train: usize, n_val: usize, seq: usize) -> Self {
+        let pattern: Vec<u32> = (0..97u32).map(|i| (i * i * 7 + 3 * i) % 40).collect();
+        let tokens = pattern.iter().cycle().take((n_train + n_val) * seq + 1).copied().collect();
+        Self { tokens, seq, n_train, n_val, stop_after: None, drawn: Cell::new(0), loss_scale: 1.0 }
+    }
+    fn rows(&self, starts: impl Iterator<Item = usize>) -> Batch {
+        let (mut inputs, mut targets, mut rows) = (Vec::new(), Vec::new(), 0);
+        for s in starts {
+            inputs.extend(&self.tokens[s..s + self.seq]);
+            targets.extend(&self.tokens[s + 1..s + self.seq + 1]);
+            rows += 1;
+        }
+        Batch { inputs, targets, rows }
+    }
+}
+
+impl Task for VecTask {
+    type Batch = Batch;
+    fn train_len(&self) -> usize {
+        self.n_train
+    }
+    fn train_batch(&self, indices: &[usize]) -> Batch {
+        self.drawn.set(self.drawn.get() + 1);
+        if let Some((n, stop)) = &self.stop_after {
+            if self.drawn.get() >= *n {
+                stop.store(true, Ordering::SeqCst);
+            }
+        }
+        self.rows(indices.iter().map(|i| i * self.seq))
+    }
+    fn val_len(&self) -> usize {
+        self.n_val
+    }
+    fn val_batch(&self, indices: &[usize]) -> Batch {
+        // Offset by 5 so validation windows differ from training windows.
+        self.rows(indices.iter().map(|i| (self.n_train + i) * self.seq - 5))
+    }
+    fn tokens(&self, batch: &Batch) -> usize {
+        batch.inputs.len()
+    }
+    fn loss<B: Backend>(&self, model: &Gpt<B>, batch: &Batch, device: &B::Device) -> Tensor<B, 1> {
+        let inputs = int_tensor::<B>(&batch.inputs, batch.rows, self.seq, device);
+        let targets = int_tensor::<B>(&batch.targets, batch.rows, self.seq, device);
+        model.loss(inputs, targets) * self.loss_scale
+    }
+}
+
+fn out_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("minigpt-train-{name}-{}", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn args(out: &std::path::Path, extra: &[&str]) -> TrainArgs {
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        train: TrainArgs,
+    }
+    let mut argv = vec!["test", "--out", out.to_str().unwrap(), "--batch-size", "4", "--lr", "3e-3", "--warmup-steps", "2", "--log-interval", "1", "--eval-interval", "5", "--eval-batches", "2"];
+    argv.extend(extra);
+    // Later flags override earlier ones, so tests can change the defaults above.
+    let matches = Cli::command().args_override_self(true).get_matches_from(argv);
+    Cli::from_arg_matches(&matches).unwrap().train
+}
+
+fn tiny_model() -> Gpt<CpuTrain> {
+    // Dropout 0: results must not depend on the process-wide RNG, which
+    // tests running in parallel share.
+    let cfg = GptConfig::tiny(40).with_d_model(32).with_n_layers(2).with_context_length(16).with_dropout(0.0);
+    Gpt::new(&cfg, &Default::default())
+}
+
+fn no_stop() -> Arc<AtomicBool> {
+    Arc::new(AtomicBool::new(false))
+}
+
+fn train_losses(events: &[Event]) -> Vec<(usize, f64)> {
+    events.iter().filter(|e| e.split == "train").map(|e| (e.step, e.loss)).collect()
+}
+
+/// All gradients of a model, flattened in visiting order.
+fn flat_grads(model: &Gpt<CpuTrain>, grads: &GradientsParams) -> Vec<f32> {
+    struct Collect<'a>(&'a GradientsParams, Vec<f32>);
+    impl ModuleVisitor<CpuTrain> for Collect<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<CpuTrain, D>>) {
+            let g = self.0.get::<model::Cpu, D>(param.id).unwrap();
+            self.1.extend(g.into_data().to_vec::<f32>().unwrap());
+        }
+    }
+    let mut c = Collect(grads, Vec::new());
+    model.visit(&mut c);
+    c.1
+}
+
+#[test]
+fn accumulated_micro_batches_equal_one_big_batch() {
+    let task = VecTask::new(8, 2, 16);
+    let model = tiny_model();
+    let device = Default::default();
+    // One batch of 4 windows...
+    let big = task.loss(&model, &task.train_batch(&[0, 1, 2, 3]), &device);
+    let big = GradientsParams::from_grads(big.backward(), &model);
+    // ...against 2 micro-batches of 2, each loss divided by 2, as the loop does.
+    let mut acc = GradientsAccumulator::<Gpt<CpuTrain>>::new();
+    for half in [[0, 1], [2, 3]] {
+        let loss = task.loss(&model, &task.train_batch(&half), &device) / 2.0;
+        acc.accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
+    }
+    let (a, b) = (flat_grads(&model, &big), flat_grads(&model, &acc.grads()));
+    assert_eq!(a.len(), b.len());
+    TensorData::from(a.as_slice()).assert_approx_eq::<f32>(&TensorData::from(b.as_slice()), Tolerance::absolute(1e-6));
+}
+
+#[test]
+fn a_short_run_lowers_validation_loss_and_logs_both_splits() {
+    let out = out_dir("learn");
+    let mut task = VecTask::new(64, 8, 16);
+    let args = args(&out, &["--epochs", "2", "--grad-accum", "2"]);
+    let outcome = train(tiny_model(), &mut task, &args, &Default::default(), no_stop(), "test").unwrap();
+    let val = outcome.log.curve("val");
+    assert_eq!(val[0].0, 0.0, "evaluated before the first step");
+    assert_eq!(val.last().unwrap().0, 16.0, "2 epochs × 64/(4·2) steps");
+    assert!(val.last().unwrap().1 < 0.8 * val[0].1, "val loss {:?}", val);
+    // metrics.jsonl parses back into the same events, with both splits.
+    let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let parsed: Vec<Event> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(parsed.len(), outcome.log.events.len());
+    for (p, e) in parsed.iter().zip(&outcome.log.events) {
+        assert_eq!((p.step, &p.split), (e.step, &e.split));
+        assert!((p.loss - e.loss).abs() < 1e-9 && (p.lr - e.lr).abs() < 1e-12);
+    }
+    assert!(parsed.iter().any(|e| e.split == "train" && e.grad_norm.is_some()));
+    assert!(parsed.iter().any(|e| e.split == "val"));
+    assert!(out.join("loss.svg").exists() && out.join("loss.png").exists());
+    assert!(out.join("checkpoint/model.mpk").exists() && !out.join("checkpoint.tmp").exists());
+}
+
+#[test]
+fn resumed_training_equals_uninterrupted_training() {
+    let model = tiny_model();
+    let device = Default::default();
+    // Uninterrupted: 12 steps.
+    let full_out = out_dir("full");
+    let extra = ["--max-steps", "12", "--grad-accum", "2"];
+    let full = train(model.clone(), &mut VecTask::new(40, 8, 16), &args(&full_out, &extra), &device, no_stop(), "t").unwrap();
+
+    // Interrupted after step 5 (10 micro-batches: "Ctrl-C" during step 5)...
+    let out = out_dir("resume");
+    let stop = no_stop();
+    let mut task = VecTask::new(40, 8, 16);
+    task.stop_after = Some((10, stop.clone()));
+    let first = train(model.clone(), &mut task, &args(&out, &extra), &device, stop, "t").unwrap();
+    assert!(first.interrupted);
+    // ...then resumed from the checkpoint, with a freshly initialised model
+    // that the checkpoint must overwrite.
+    let mut resume_args = args(&out, &extra);
+    resume_args.resume = true;
+    let resumed = train(tiny_model(), &mut VecTask::new(40, 8, 16), &resume_args, &device, no_stop(), "t").unwrap();
+
+    let (a, b) = (train_losses(&full.log.events), train_losses(&resumed.log.events));
+    assert_eq!(a.len(), 12);
+    assert_eq!(a.iter().map(|p| p.0).collect::<Vec<_>>(), b.iter().map(|p| p.0).collect::<Vec<_>>());
+    for ((step, x), (_, y)) in a.iter().zip(&b) {
+        assert!((x - y).abs() < 1e-5, "step {step}: uninterrupted {x} vs resumed {y}");
+    }
+    let w = |m: &Gpt<CpuTrain>| m.token_emb.weight.val().into_data();
+    w(&full.model).assert_approx_eq::<f32>(&w(&resumed.model), Tolerance::absolute(1e-5));
+}
+
+#[test]
+fn resume_without_a_checkpoint_is_a_clear_error() {
+    let out = out_dir("nockpt");
+    let mut a = args(&out, &[]);
+    a.resume = true;
+    let err = train(tiny_model(), &mut VecTask::new(8, 2, 16), &a, &Default::default(), no_stop(), "t").err().unwrap();
+    assert!(err.to_string().contains("holds no checkpoint"), "{err}");
+}
+
+#[test]
+fn a_diverging_loss_stops_the_run_with_advice() {
+    let out = out_dir("nan");
+    let mut task = VecTask::new(8, 2, 16);
+    task.loss_scale = f64::NAN;
+    let err = train(tiny_model(), &mut task, &args(&out, &[]), &Default::default(), no_stop(), "t").err().unwrap().to_string();
+    assert!(err.contains("at step 1") && err.contains("--lr"), "{err}");
+}
+
+#[test]
+fn plan_arithmetic() {
+    let a = args(std::path::Path::new("x"), &["--batch-size", "8", "--grad-accum", "4", "--epochs", "3"]);
+    let plan = Plan::new(1000, &a).unwrap();
+    assert_eq!((plan.batches_per_epoch, plan.steps_per_epoch, plan.total_steps, plan.effective_batch), (125, 31, 93, 32));
+    let err = Plan::new(5, &a).unwrap_err().to_string();
+    assert!(err.contains("--batch-size 8 is larger than the 5 training examples"), "{err}");
+}
