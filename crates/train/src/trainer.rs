@@ -124,7 +124,7 @@ pub fn train<B: AutodiffBackend, T: Task>(
     // 3. Evaluate before any update, so the starting point is on record.
     if state.step == 0 {
         let (loss, extra) = evaluate(&model, task, &val_batches, device);
-        bar.println(format!("step 0: val loss {loss:.4} (perplexity {:.1}){}", loss.exp(), fmt_extra(&extra)));
+        say(&bar, format!("step 0: val loss {loss:.4} (perplexity {:.1}){}", loss.exp(), fmt_extra(&extra)));
         log.log(Event { step: 0, epoch: 0.0, split: "val".into(), loss, lr: schedule.lr_at(0), grad_norm: None, tokens: 0, tokens_per_s: 0.0, elapsed_s: 0.0, extra: to_map(&extra) })?;
     }
 
@@ -182,7 +182,7 @@ pub fn train<B: AutodiffBackend, T: Task>(
         }
         if state.step % args.eval_interval == 0 || last {
             let (val_loss, extra) = evaluate(&model, task, &val_batches, device);
-            bar.println(format!("step {}: train loss {loss:.4}, val loss {val_loss:.4} (perplexity {:.1}){}", state.step, val_loss.exp(), fmt_extra(&extra)));
+            say(&bar, format!("step {}: train loss {loss:.4}, val loss {val_loss:.4} (perplexity {:.1}){}", state.step, val_loss.exp(), fmt_extra(&extra)));
             log.log(Event { step: state.step, epoch: epoch_of(&state), split: "val".into(), loss: val_loss, lr, grad_norm: None, tokens: state.tokens, tokens_per_s: tokens_per_s(&state), elapsed_s: state.elapsed_s, extra: to_map(&extra) })?;
             draw_loss_curves(&args.out, title, &log.curve("train"), &log.curve("val"))?;
         }
@@ -190,7 +190,7 @@ pub fn train<B: AutodiffBackend, T: Task>(
             save_checkpoint(&args.out, &model, optim.to_bytes()?, &state)?;
         }
         if interrupted {
-            bar.println(format!("interrupted: checkpoint saved at step {}; continue with --resume", state.step));
+            say(&bar, format!("interrupted: checkpoint saved at step {}; continue with --resume", state.step));
             break;
         }
     }
@@ -211,6 +211,16 @@ pub fn evaluate<B: AutodiffBackend, T: Task>(model: &Gpt<B>, task: &mut T, batch
     }
     let extra = task.evaluate::<B::InnerBackend>(&valid, device);
     (total / batches.len().max(1) as f64, extra)
+}
+
+/// Prints above the progress bar, or plainly when there is no terminal (the
+/// bar then hides itself, and would hide these lines with it).
+fn say(bar: &ProgressBar, line: String) {
+    if bar.is_hidden() {
+        println!("{line}");
+    } else {
+        bar.println(line);
+    }
 }
 
 fn fmt_extra(extra: &[(String, f64)]) -> String {
