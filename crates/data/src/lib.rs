@@ -5,9 +5,11 @@
 //! crate turns them into tensors on whichever device trains. The walkthrough is
 //! `notebooks-md/01-tokens-and-data.md`.
 
+pub mod chat;
 pub mod corpus;
 pub mod prepare;
 pub mod sampler;
+pub mod sft;
 pub mod token_file;
 pub mod tokenizer;
 pub mod util;
@@ -21,3 +23,7 @@ pub use windows::{TokenBatch, WindowDataset, num_windows, train_val_split};
 
 #[cfg(test)]
 mod tests;
+
+#[doc = include_str!("../../../notebooks-md/01-tokens-and-data.md")]
+#[cfg(doctest)]
+pub struct Notebook01;

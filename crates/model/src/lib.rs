@@ -28,3 +28,7 @@ pub type CpuTrain = burn::backend::Autodiff<Cpu>;
 
 #[cfg(test)]
 mod tests;
+
+#[doc = include_str!("../../../notebooks-md/02-the-model.md")]
+#[cfg(doctest)]
+pub struct Notebook02;

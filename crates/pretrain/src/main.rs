@@ -19,7 +19,7 @@ use data::{Corpus, WindowDataset, train_val_split};
 use model::{Gpt, GptConfig, count_params};
 use serde::{Deserialize, Serialize};
 use train::checkpoint::{RunConfig, save_run_config};
-use train::run::{prepare_out_dir, print_plan, print_sample};
+use train::run::{find_in_repo, prepare_out_dir, print_plan, print_sample};
 use train::task::PretrainTask;
 use train::{Plan, TrainArgs, run_on_device};
 
@@ -124,7 +124,7 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
     // -----------------------------------------------------------------------
     // 2. Tokenizer
     // -----------------------------------------------------------------------
-    args.data = find_data(&args.data)?;
+    args.data = find_in_repo(&args.data);
     let mut corpus = Corpus::open(&args.data).context("--data")?;
     corpus.skip_bad_lines = args.skip_bad_lines;
     let (tokenizer, trained) = load_or_train_tokenizer(args.tokenizer.as_deref(), &corpus, args.vocab_size, &args.cache_dir)?;
@@ -207,14 +207,4 @@ fn model_config(args: &Args, vocab_size: usize) -> Result<GptConfig> {
     cfg.dropout = args.dropout.unwrap_or(cfg.dropout);
     cfg.validate().map_err(|e| anyhow::anyhow!("model shape: {e}"))?;
     Ok(cfg)
-}
-
-/// `data/corpus.txt` is relative to the repository: also found when the
-/// command runs from another folder of the checkout.
-fn find_data(path: &std::path::Path) -> Result<PathBuf> {
-    if path.exists() || path.is_absolute() {
-        return Ok(path.to_path_buf());
-    }
-    let in_repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").join(path);
-    Ok(if in_repo.exists() { in_repo } else { path.to_path_buf() })
 }

@@ -121,8 +121,21 @@ pub fn read_model_config(run: &Path) -> Result<GptConfig> {
 /// Loads the trained model of a run directory, ready for use.
 pub fn load_run_model<B: Backend>(run: &Path, device: &B::Device) -> Result<(GptConfig, Gpt<B>)> {
     let config = read_model_config(run)?;
+    let model = load_run_weights(run, &config, device)?;
+    Ok((config, model))
+}
+
+/// Loads a run's weights into a model built from `config` (the run's own
+/// shape, possibly with another dropout).
+pub fn load_run_weights<B: Backend>(run: &Path, config: &GptConfig, device: &B::Device) -> Result<Gpt<B>> {
     config.validate().map_err(anyhow::Error::msg)?;
     let dir = existing_checkpoint(run).with_context(|| format!("{} holds no checkpoint/", run.display()))?;
-    let model = load_weights(&dir.join("model.mpk"), Gpt::new(&config, device), device)?;
-    Ok((config, model))
+    load_weights(&dir.join("model.mpk"), Gpt::new(config, device), device)
+}
+
+/// Which stage wrote a run ("pretrain", "sft", ...), from its config.json.
+pub fn read_stage(run: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(run.join("config.json")).with_context(|| format!("{} has no config.json", run.display()))?;
+    let value: serde_json::Value = serde_json::from_str(&text)?;
+    Ok(value["stage"].as_str().unwrap_or("pretrain").to_string())
 }

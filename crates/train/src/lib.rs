@@ -14,6 +14,7 @@ pub mod optim;
 pub mod plot;
 pub mod run;
 pub mod schedule;
+pub mod sft_task;
 pub mod task;
 pub mod trainer;
 
@@ -23,3 +24,15 @@ mod tests;
 pub use args::TrainArgs;
 pub use task::Task;
 pub use trainer::{Outcome, Plan, train};
+
+#[doc = include_str!("../../../notebooks-md/00-concepts.md")]
+#[cfg(doctest)]
+pub struct Notebook00;
+
+#[doc = include_str!("../../../notebooks-md/03-pretraining.md")]
+#[cfg(doctest)]
+pub struct Notebook03;
+
+#[doc = include_str!("../../../notebooks-md/04-generation.md")]
+#[cfg(doctest)]
+pub struct Notebook04;

@@ -38,7 +38,7 @@ pub fn print_plan(params: model::ParamCounts, train_tokens: usize, val_tokens: u
     println!("data:       {train_tokens} training tokens, {val_tokens} validation tokens");
     println!("examples:   {} training examples of up to {tokens_per_example} tokens", plan.examples);
     println!(
-        "steps:      {} per epoch ({} micro-batches / grad accum), {} in total; effective batch {} examples = {} tokens per step",
+        "steps:      {} per epoch ({} micro-batches / grad accum), {} in total; effective batch {} examples = at most {} tokens per step",
         plan.steps_per_epoch,
         plan.batches_per_epoch,
         plan.total_steps,
@@ -55,4 +55,11 @@ pub fn print_sample<B: Backend>(model: &Gpt<B>, tokenizer: &Tokenizer, prompt: &
     let new = generate(model, prompt, max_new, &sampling, Some(tokenizer.eot_id), true, &mut || rng.next_f64(), &mut |_| true);
     ids.extend(&new);
     tokenizer.decode(&ids)
+}
+
+/// Default data paths (`data/corpus.txt`) are relative to the repository;
+/// this also finds them when a command runs from another folder of the checkout.
+pub fn find_in_repo(path: &Path) -> std::path::PathBuf {
+    let in_repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(path);
+    if path.exists() || path.is_absolute() || !in_repo.exists() { path.to_path_buf() } else { in_repo }
 }

@@ -73,6 +73,7 @@ pub fn train<B: AutodiffBackend, T: Task>(
     title: &str,
 ) -> Result<Outcome<B>> {
     // 1. The plan: how many steps, on what schedule.
+    std::fs::create_dir_all(&args.out).with_context(|| format!("--out {}: cannot create this folder", args.out.display()))?;
     let plan = Plan::new(task.train_len(), args)?;
     let schedule = LrSchedule {
         kind: args.schedule,

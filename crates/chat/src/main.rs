@@ -1,0 +1,192 @@
+//! Generate text from any checkpoint, streaming it as it is produced.
+//!
+//! ```text
+//! cargo run --release -p chat -- --model runs/pretrain --prompt "Varnel lies"   # completion
+//! cargo run --release -p chat -- --model runs/sft                               # a conversation
+//! cargo run --release -p chat -- --model runs/sft --prompt "What is 7 plus 5?"  # one answer
+//! ```
+//! A pretrained model continues text. A fine-tuned one (sft, lora, dpo) is
+//! spoken to through the same chat template it was trained with.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use clap::Parser;
+use data::Tokenizer;
+use data::util::SplitMix64;
+use model::{Gpt, Sampling, generate};
+use data::chat::{Message, Role, check_chat_tokens, render_chatml};
+use data::tokenizer::IM_END;
+use train::checkpoint::{load_run_model, read_stage};
+use train::run_on_device;
+
+// Same reason as in pretrain: reuse freed buffers instead of page-faulting.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+// ---------------------------------------------------------------------------
+// 1. Command line
+// ---------------------------------------------------------------------------
+
+/// Generate text from a trained model: one prompt, or an interactive session.
+#[derive(Parser, Debug, Clone)]
+#[command(version)]
+struct Args {
+    /// A run directory written by a stage (holds config.json, tokenizer.json, checkpoint/).
+    #[arg(long, default_value = "runs/pretrain")]
+    model: PathBuf,
+    /// Text to continue; prints the completion and exits. Without it, asks for prompts interactively.
+    #[arg(long)]
+    prompt: Option<String>,
+    /// Most tokens to generate per answer.
+    #[arg(long, default_value_t = 200)]
+    max_new_tokens: usize,
+    /// Sampling temperature: 0 = greedy (always the likeliest token), 1 = the model's distribution.
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f64,
+    /// Sample only among the k likeliest tokens (0 = no limit).
+    #[arg(long, default_value_t = 50)]
+    top_k: usize,
+    /// Sample only among the likeliest tokens whose probabilities sum to p (1 = no limit).
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f64,
+    /// Values above 1 make repeating a token already in the text less likely.
+    #[arg(long, default_value_t = 1.0)]
+    repetition_penalty: f64,
+    /// Seed of the sampler: the same seed and prompt give the same text.
+    #[arg(long, default_value_t = 1337)]
+    seed: u64,
+    /// Re-run the whole text every step instead of using the KV cache (slow; for comparison).
+    #[arg(long)]
+    no_cache: bool,
+    /// Keep generating past <|endoftext|> (for measuring speed over a fixed length).
+    #[arg(long)]
+    ignore_eot: bool,
+    /// System prompt for chat models (e.g. "You are a helpful assistant.").
+    #[arg(long)]
+    system: Option<String>,
+    /// Plain text completion even for a fine-tuned model (no chat template).
+    #[arg(long)]
+    raw: bool,
+    /// Where to run: cpu, or cuda / cuda:N (needs a build with --features cuda).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    match run_on_device!(&args.device, run(args.clone())) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run<B: AutodiffBackend>(device: &B::Device, args: Args) -> Result<()> {
+    // -----------------------------------------------------------------------
+    // 2. Tokenizer and model (inference only: no autodiff)
+    // -----------------------------------------------------------------------
+    let tokenizer = Tokenizer::load(&args.model.join("tokenizer.json")).with_context(|| format!("--model {}", args.model.display()))?;
+    let (config, model) = load_run_model::<B::InnerBackend>(&args.model, device).with_context(|| format!("--model {}", args.model.display()))?;
+    eprintln!("loaded {} ({} layers, d_model {}, context {})", args.model.display(), config.n_layers, config.d_model, config.context_length);
+    let sampling = Sampling {
+        temperature: args.temperature,
+        top_k: (args.top_k > 0).then_some(args.top_k),
+        top_p: (args.top_p < 1.0).then_some(args.top_p),
+        repetition_penalty: args.repetition_penalty,
+    };
+    let mut rng = SplitMix64(args.seed);
+
+    // -----------------------------------------------------------------------
+    // 3. Generate: one prompt, or a loop reading prompts from stdin
+    // -----------------------------------------------------------------------
+    let chat = !args.raw && read_stage(&args.model)? != "pretrain";
+    if chat {
+        check_chat_tokens(&tokenizer, &args.model.join("tokenizer.json"))?;
+    }
+    let mut history: Vec<Message> = args.system.iter().map(|s| Message::new(Role::System, s.clone())).collect();
+    let first_turn = history.len();
+    if let Some(prompt) = &args.prompt {
+        respond(&model, &tokenizer, prompt, chat, &mut history, &args, &sampling, &mut rng)?;
+        return Ok(());
+    }
+    eprintln!("{} (Ctrl-D or /exit to quit{})", if chat { "chat with the model" } else { "type text for the model to continue" }, if chat { ", /reset to forget the conversation" } else { "" });
+    let stdin = std::io::stdin();
+    loop {
+        eprint!("> ");
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        match line.trim_end_matches(['\n', '\r']) {
+            "" => {}
+            "/exit" => return Ok(()),
+            "/reset" => {
+                history.truncate(first_turn);
+                eprintln!("(conversation forgotten)");
+            }
+            prompt => respond(&model, &tokenizer, prompt, chat, &mut history, &args, &sampling, &mut rng)?,
+        }
+    }
+}
+
+/// Answers one user input: as the next chat turn, or as a text continuation.
+#[allow(clippy::too_many_arguments)]
+fn respond<B: Backend>(model: &Gpt<B>, tokenizer: &Tokenizer, input: &str, chat: bool, history: &mut Vec<Message>, args: &Args, sampling: &Sampling, rng: &mut SplitMix64) -> Result<()> {
+    if !chat {
+        let ids = tokenizer.encode(input);
+        anyhow::ensure!(!ids.is_empty(), "the prompt is empty");
+        print!("{input}");
+        stream(model, tokenizer, &ids, tokenizer.eot_id, args, sampling, rng)?;
+        return Ok(());
+    }
+    history.push(Message::new(Role::User, input));
+    // The oldest turns go first when the conversation outgrows the context
+    // (the system prompt stays), leaving room for the answer.
+    let keep = usize::from(history.first().is_some_and(|m| m.role == Role::System));
+    let room = model.context_length().saturating_sub(args.max_new_tokens.min(model.context_length() / 2));
+    let mut prompt = tokenizer.encode(&render_chatml(history, true));
+    while prompt.len() > room && history.len() > keep + 1 {
+        history.remove(keep);
+        prompt = tokenizer.encode(&render_chatml(history, true));
+    }
+    if prompt.len() > room {
+        prompt.drain(..prompt.len() - room); // a single over-long message: keep its end
+    }
+    let im_end = tokenizer.token_id(IM_END).expect("checked at start");
+    let answer = stream(model, tokenizer, &prompt, im_end, args, sampling, rng)?;
+    history.push(Message::new(Role::Assistant, answer));
+    Ok(())
+}
+
+/// Prints the continuation of `prompt` token by token until `stop`; returns it.
+fn stream<B: Backend>(model: &Gpt<B>, tokenizer: &Tokenizer, prompt: &[u32], stop: u32, args: &Args, sampling: &Sampling, rng: &mut SplitMix64) -> Result<String> {
+    let mut stdout = std::io::stdout();
+    let mut generated: Vec<u32> = Vec::new();
+    let mut printed = 0; // bytes of the decoded continuation already shown
+    let started = Instant::now();
+    let ids = generate(model, prompt, args.max_new_tokens, sampling, (!args.ignore_eot).then_some(stop), !args.no_cache, &mut || rng.next_f64(), &mut |id| {
+        if id == stop {
+            return true;
+        }
+        generated.push(id);
+        // A Chinese character can span several byte-level tokens: decode the
+        // whole continuation and print only complete new characters.
+        let text = tokenizer.decode(&generated);
+        if !text.ends_with('\u{FFFD}') && text.len() > printed {
+            print!("{}", &text[printed..]);
+            stdout.flush().ok();
+            printed = text.len();
+        }
+        true
+    });
+    let secs = started.elapsed().as_secs_f64();
+    println!();
+    eprintln!("[{} tokens in {secs:.2} s: {:.1} tokens/s{}]", ids.len(), ids.len() as f64 / secs, if args.no_cache { ", no KV cache" } else { "" });
+    Ok(tokenizer.decode(&generated))
+}

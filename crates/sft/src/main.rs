@@ -1,0 +1,169 @@
+//! Stage 2, supervised fine-tuning (SFT): the pretrained model learns to
+//! answer questions in the chat format.
+//!
+//! ```text
+//! cargo run --release -p sft                      # from runs/pretrain, on data/sft.jsonl, ~2 min on CPU
+//! cargo run --release -p sft -- --help            # every flag
+//! cargo run --release -p chat -- --model runs/sft # then talk to it
+//! ```
+//! Writes `runs/sft/` with the same layout as pretraining; its evaluation
+//! events in metrics.jsonl also carry `answer_accuracy`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use burn::tensor::backend::AutodiffBackend;
+use clap::{CommandFactory, FromArgMatches, Parser};
+use data::chat::check_chat_tokens;
+use data::sft::{SftDataset, pad_id};
+use data::Tokenizer;
+use model::count_params;
+use serde::{Deserialize, Serialize};
+use train::checkpoint::{RunConfig, load_run_weights, read_model_config, save_run_config};
+use train::run::{find_in_repo, prepare_out_dir, print_plan};
+use train::sft_task::{SftTask, reply};
+use train::{Plan, TrainArgs, run_on_device};
+
+// Reuse freed tensor buffers instead of page-faulting them in every step.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+// ---------------------------------------------------------------------------
+// 1. Command line
+// ---------------------------------------------------------------------------
+
+/// Fine-tune a pretrained GPT on conversations, learning only from the assistant's turns.
+#[derive(Parser, Debug, Clone, Serialize, Deserialize)]
+#[command(version)]
+struct Args {
+    /// The run to start from: its config.json gives the model shape, its
+    /// tokenizer.json the vocabulary, its checkpoint the weights.
+    #[arg(long, default_value = "runs/pretrain")]
+    init: PathBuf,
+    /// Training conversations (JSONL: {"conversations": [...]} or {"instruction", "input", "output"}).
+    #[arg(long, default_value = "data/sft.jsonl")]
+    data: PathBuf,
+    /// Held-out conversations: validation loss, and answer accuracy for lines with an "answer".
+    #[arg(long, default_value = "data/sft_eval.jsonl")]
+    eval_data: PathBuf,
+    /// Longest conversation in tokens (default: the model's context length); longer ones are cut.
+    #[arg(long)]
+    max_seq_len: Option<usize>,
+    /// Held-out questions scored for answer accuracy at each evaluation (0 = all).
+    #[arg(long, default_value_t = 100)]
+    eval_questions: usize,
+    /// Longest reply generated when scoring an answer.
+    #[arg(long, default_value_t = 32)]
+    max_answer_tokens: usize,
+    /// Override the dropout of the initial model's config.
+    #[arg(long)]
+    dropout: Option<f64>,
+    /// Skip (and count) malformed lines instead of stopping at the first.
+    #[arg(long)]
+    skip_bad_lines: bool,
+    /// Start over even if --out already holds a checkpoint.
+    #[arg(long)]
+    overwrite: bool,
+    #[command(flatten)]
+    train: TrainArgs,
+}
+
+/// Fine-tuning defaults: a lower peak rate than pretraining (the weights
+/// already encode the language; big steps would erase it) and a short warmup.
+const DEFAULTS: &[(&str, &str)] = &[
+    ("out", "runs/sft"),
+    ("epochs", "1"),
+    ("batch_size", "16"),
+    ("lr", "1e-3"),
+    ("min_lr", "1e-4"),
+    ("warmup_steps", "10"),
+    ("eval_interval", "100"),
+    ("eval_batches", "10"),
+];
+
+fn main() -> std::process::ExitCode {
+    let command = train::args::with_defaults(Args::command(), DEFAULTS);
+    let args = Args::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit());
+    match run_on_device!(&args.train.device, run(args.clone())) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
+    args.train.validate()?;
+    B::seed(device, args.train.seed);
+
+    // -----------------------------------------------------------------------
+    // 2. Tokenizer and the pretrained model
+    // -----------------------------------------------------------------------
+    let tokenizer_path = args.init.join("tokenizer.json");
+    let tokenizer = Tokenizer::load(&tokenizer_path).with_context(|| format!("--init {}", args.init.display()))?;
+    check_chat_tokens(&tokenizer, &tokenizer_path)?;
+    let init = || format!("--init {}", args.init.display());
+    let mut model_cfg = read_model_config(&args.init).with_context(init)?;
+    model_cfg.dropout = args.dropout.unwrap_or(model_cfg.dropout);
+    let model = load_run_weights::<B>(&args.init, &model_cfg, device).with_context(init)?;
+
+    // -----------------------------------------------------------------------
+    // 3. Data: conversations → ids and loss masks
+    // -----------------------------------------------------------------------
+    let seq_len = args.max_seq_len.unwrap_or(model_cfg.context_length);
+    anyhow::ensure!(seq_len > 0 && seq_len <= model_cfg.context_length, "--max-seq-len {seq_len} must be between 1 and the model's context length {}", model_cfg.context_length);
+    args.data = find_in_repo(&args.data);
+    args.eval_data = find_in_repo(&args.eval_data);
+    let train_set = SftDataset::load(&args.data, &tokenizer, seq_len, args.skip_bad_lines).context("--data")?;
+    let val_set = SftDataset::load(&args.eval_data, &tokenizer, seq_len, args.skip_bad_lines).context("--eval-data")?;
+    for (name, set) in [("training", &train_set), ("evaluation", &val_set)] {
+        println!("{name} set: {} conversations ({} dropped: no answer left after cutting to {seq_len} tokens; {} bad lines skipped)", set.examples.len(), set.dropped_truncated, set.skipped_bad);
+    }
+    let mut questions: Vec<_> = val_set.examples.iter().filter(|e| e.answer.is_some()).cloned().collect();
+    if args.eval_questions > 0 {
+        questions.truncate(args.eval_questions);
+    }
+
+    // -----------------------------------------------------------------------
+    // 4. The plan (and --dry-run)
+    // -----------------------------------------------------------------------
+    let plan = Plan::new(train_set.examples.len(), &args.train)?;
+    let train_tokens: usize = train_set.examples.iter().map(|e| e.ids.len()).sum();
+    let val_tokens: usize = val_set.examples.iter().map(|e| e.ids.len()).sum();
+    print_plan(count_params(&model), train_tokens, val_tokens, &plan, seq_len);
+    println!("accuracy:   scored on {} held-out questions (greedy reply must contain the answer)", questions.len());
+    if args.train.dry_run {
+        return Ok(());
+    }
+    let out = args.train.out.clone();
+    prepare_out_dir(&out, args.train.resume, args.overwrite, &model_cfg)?;
+    save_run_config(&out, &RunConfig { stage: "sft".into(), model: model_cfg.clone(), args: args.clone() })?;
+    tokenizer.save(&out.join("tokenizer.json"))?;
+
+    // -----------------------------------------------------------------------
+    // 5. Train
+    // -----------------------------------------------------------------------
+    let pad = pad_id(&tokenizer);
+    let mut task = SftTask { train: train_set, val: val_set, questions, tokenizer: tokenizer.clone(), pad_id: pad, max_answer_tokens: args.max_answer_tokens };
+    let stop = train::trainer::stop_on_ctrl_c();
+    let outcome = train::train(model, &mut task, &args.train, device, stop, "supervised fine-tuning")?;
+
+    // -----------------------------------------------------------------------
+    // 6. Summary: what fine-tuning changed, and one answer
+    // -----------------------------------------------------------------------
+    let evals: Vec<_> = outcome.log.events.iter().filter(|e| e.split == "val").collect();
+    if let (Some(first), Some(last)) = (evals.first(), evals.last()) {
+        let acc = |e: &train::metrics::Event| e.extra.get("answer_accuracy").and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+        println!(
+            "validation loss {:.3} → {:.3}; answer accuracy {:.1}% → {:.1}% (step {} → {}, {:.0} s)",
+            first.loss, last.loss, 100.0 * acc(first), 100.0 * acc(last), first.step, last.step, last.elapsed_s
+        );
+    }
+    if let Some(q) = task.questions.first() {
+        let valid = burn::module::AutodiffModule::valid(&outcome.model);
+        let history = &q.messages[..q.messages.len() - 1];
+        println!("Q: {}\nA: {}", history.last().map_or("", |m| m.content.as_str()), reply(&valid, &tokenizer, history, args.max_answer_tokens));
+    }
+    Ok(())
+}
