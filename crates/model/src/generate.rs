@@ -44,8 +44,9 @@ pub fn candidate_probs(logits: &[f32], history: &[u32], cfg: &Sampling) -> Vec<(
     let mut scores: Vec<f64> = logits.iter().map(|&l| l as f64).collect();
     if cfg.repetition_penalty != 1.0 {
         // CTRL's rule: a seen token's logit moves toward "less likely"
-        // whatever its sign.
-        for &t in history {
+        // whatever its sign; once per distinct token, however often seen.
+        let seen: std::collections::BTreeSet<u32> = history.iter().copied().collect();
+        for &t in &seen {
             let s = &mut scores[t as usize];
             *s = if *s > 0.0 { *s / cfg.repetition_penalty } else { *s * cfg.repetition_penalty };
         }
@@ -128,7 +129,7 @@ pub fn generate<B: Backend>(
                 // rows. Start over from the last half-context of text: one
                 // full forward now, then cheap steps again.
                 cache = KvCache::new(model.n_layers());
-                pending = tokens[tokens.len() - ctx / 2..].to_vec();
+                pending = tokens[tokens.len() - (ctx / 2).max(1)..].to_vec();
             }
             model.forward_cached(ids_tensor(&pending, &device), &mut cache)
         } else {
@@ -217,6 +218,9 @@ mod tests {
         let cfg = Sampling { repetition_penalty: 2.0, ..Sampling::greedy() };
         assert_eq!(sample_next(&[1.0, 0.9, -3.0], &[], &cfg, 0.0), 0);
         assert_eq!(sample_next(&[1.0, 0.9, -3.0], &[0], &cfg, 0.0), 1);
+        // Applied once per distinct token: seen three times, still 1.0 / 2.
+        let probs = candidate_probs(&[1.0, 0.5, -3.0], &[0, 0, 0], &Sampling { temperature: 1.0, ..cfg });
+        assert!((probs[0].1 - probs[1].1).abs() < 1e-6, "{probs:?}");
     }
 
     #[test]

@@ -233,4 +233,6 @@ fn plan_arithmetic() {
     assert_eq!((plan.batches_per_epoch, plan.steps_per_epoch, plan.total_steps, plan.effective_batch), (125, 31, 93, 32));
     let err = Plan::new(5, &a).unwrap_err().to_string();
     assert!(err.contains("--batch-size 8 is larger than the 5 training examples"), "{err}");
+    let err = Plan::new(20, &a).unwrap_err().to_string();
+    assert!(err.contains("--grad-accum 4 needs more micro-batches than one epoch has (2)"), "{err}");
 }

@@ -48,7 +48,10 @@ impl Plan {
         if batches_per_epoch == 0 {
             bail!("--batch-size {} is larger than the {examples} training examples: use at most {examples}", args.batch_size);
         }
-        let steps_per_epoch = (batches_per_epoch / args.grad_accum).max(1);
+        if args.grad_accum > batches_per_epoch {
+            bail!("--grad-accum {} needs more micro-batches than one epoch has ({batches_per_epoch}): use at most {batches_per_epoch}", args.grad_accum);
+        }
+        let steps_per_epoch = batches_per_epoch / args.grad_accum;
         let total_steps = args.max_steps.unwrap_or(steps_per_epoch * args.epochs);
         Ok(Self { examples, batches_per_epoch, steps_per_epoch, total_steps, effective_batch: args.batch_size * args.grad_accum })
     }
@@ -204,14 +207,17 @@ pub fn train<B: AutodiffBackend, T: Task>(
 /// is off, which is what "evaluation mode" means.
 pub fn evaluate<B: AutodiffBackend, T: Task>(model: &Gpt<B>, task: &mut T, batches: &[Vec<usize>], device: &B::Device) -> (f64, Vec<(String, f64)>) {
     let valid: Gpt<B::InnerBackend> = model.valid();
-    let mut total = 0.0;
+    // Each batch's mean is weighted by its size, so a short last batch
+    // counts for what it holds.
+    let (mut total, mut examples) = (0.0, 0);
     for indices in batches {
         let batch = task.val_batch(indices);
         let loss: f64 = task.loss::<B::InnerBackend>(&valid, &batch, device).into_scalar().elem();
-        total += loss;
+        total += loss * indices.len() as f64;
+        examples += indices.len();
     }
     let extra = task.evaluate::<B::InnerBackend>(&valid, device);
-    (total / batches.len().max(1) as f64, extra)
+    (total / examples.max(1) as f64, extra)
 }
 
 /// Prints above the progress bar, or plainly when there is no terminal (the
