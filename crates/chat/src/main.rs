@@ -151,8 +151,10 @@ fn respond<B: Backend>(model: &Gpt<B>, tokenizer: &Tokenizer, input: &str, chat:
     let keep = usize::from(history.first().is_some_and(|m| m.role == Role::System));
     let room = model.context_length().saturating_sub(args.max_new_tokens.min(model.context_length() / 2));
     let mut prompt = tokenizer.encode(&render_chatml(history, true));
-    while prompt.len() > room && history.len() > keep + 1 {
-        history.remove(keep);
+    // Turns go in user/assistant pairs, so the history still starts with a
+    // user turn, as every training conversation did.
+    while prompt.len() > room && history.len() > keep + 2 {
+        history.drain(keep..keep + 2);
         prompt = tokenizer.encode(&render_chatml(history, true));
     }
     if prompt.len() > room {

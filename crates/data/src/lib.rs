@@ -7,6 +7,7 @@
 
 pub mod chat;
 pub mod corpus;
+pub mod dpo;
 pub mod prepare;
 pub mod sampler;
 pub mod sft;

@@ -14,6 +14,7 @@ pub mod kv_cache;
 pub mod loss;
 pub mod mlp;
 pub mod params;
+pub mod preference;
 
 pub use config::GptConfig;
 pub use generate::{Sampling, generate, sample_next};

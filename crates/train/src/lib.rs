@@ -9,6 +9,7 @@ pub mod args;
 pub mod checkpoint;
 pub mod clip;
 pub mod device;
+pub mod dpo_task;
 pub mod metrics;
 pub mod optim;
 pub mod plot;
@@ -36,3 +37,7 @@ pub struct Notebook03;
 #[doc = include_str!("../../../notebooks-md/04-generation.md")]
 #[cfg(doctest)]
 pub struct Notebook04;
+
+#[doc = include_str!("../../../notebooks-md/05-sft.md")]
+#[cfg(doctest)]
+pub struct Notebook05;

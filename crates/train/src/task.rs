@@ -24,6 +24,13 @@ pub trait Task {
     /// validation loss (inner backend, no graph, dropout off).
     fn loss<B: Backend>(&self, model: &Gpt<B>, batch: &Self::Batch, device: &B::Device) -> Tensor<B, 1>;
 
+    /// The loss plus named numbers to log beside it at log steps (each a
+    /// `[1]` mean over the batch, e.g. DPO's reward accuracy). Tasks without
+    /// such numbers keep this default.
+    fn loss_and_metrics<B: Backend>(&self, model: &Gpt<B>, batch: &Self::Batch, device: &B::Device) -> (Tensor<B, 1>, Vec<(&'static str, Tensor<B, 1>)>) {
+        (self.loss(model, batch, device), Vec::new())
+    }
+
     /// Extra numbers measured at each evaluation (e.g. answer accuracy),
     /// logged beside the validation loss. None by default.
     fn evaluate<B: Backend>(&mut self, _model: &Gpt<B>, _device: &B::Device) -> Vec<(String, f64)> {

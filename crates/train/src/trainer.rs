@@ -141,13 +141,16 @@ pub fn train<B: AutodiffBackend, T: Task>(
         // 4. Forward and backward over grad_accum micro-batches.
         let mut accumulator = GradientsAccumulator::<Gpt<B>>::new();
         let mut step_loss = None;
+        let mut step_metrics: Vec<(&'static str, f64)> = Vec::new();
+        let log_now = (state.step + 1) % args.log_interval == 0 || state.step + 1 == plan.total_steps;
         for _ in 0..args.grad_accum {
             let (_, indices) = sampler.next_batch();
             let batch = task.train_batch(&indices);
             state.tokens += task.tokens(&batch);
+            let (loss, metrics) = task.loss_and_metrics(&model, &batch, device);
             // Dividing by grad_accum makes the summed gradients equal the
             // gradient of the *mean* loss over all micro-batches.
-            let loss = task.loss(&model, &batch, device) / args.grad_accum as f64;
+            let loss = loss / args.grad_accum as f64;
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             accumulator.accumulate(&model, grads);
             let loss = loss.detach();
@@ -155,6 +158,16 @@ pub fn train<B: AutodiffBackend, T: Task>(
                 Some(sum) => sum + loss,
                 None => loss,
             });
+            if log_now {
+                // Read back only when logged: each read waits for the device.
+                for (i, (name, value)) in metrics.into_iter().enumerate() {
+                    let value: f64 = value.into_scalar().elem::<f64>() / args.grad_accum as f64;
+                    match step_metrics.get_mut(i) {
+                        Some(entry) => entry.1 += value,
+                        None => step_metrics.push((name, value)),
+                    }
+                }
+            }
         }
         let loss: f64 = step_loss.expect("grad_accum >= 1").into_scalar().elem();
         let lr = schedule.lr_at(state.step);
@@ -182,7 +195,7 @@ pub fn train<B: AutodiffBackend, T: Task>(
         bar.set_position(state.step as u64);
         bar.set_message(format!("loss {loss:.3} | lr {lr:.1e} | {:.0} tok/s", tokens_per_s(&state)));
         if state.step % args.log_interval == 0 || last {
-            log.log(Event { step: state.step, epoch: epoch_of(&state), split: "train".into(), loss, lr, grad_norm: Some(grad_norm), tokens: state.tokens, tokens_per_s: tokens_per_s(&state), elapsed_s: state.elapsed_s, extra: Default::default() })?;
+            log.log(Event { step: state.step, epoch: epoch_of(&state), split: "train".into(), loss, lr, grad_norm: Some(grad_norm), tokens: state.tokens, tokens_per_s: tokens_per_s(&state), elapsed_s: state.elapsed_s, extra: to_map(&step_metrics.iter().map(|(k, v)| (k.to_string(), *v)).collect::<Vec<_>>()) })?;
         }
         if state.step % args.eval_interval == 0 || last {
             let (val_loss, extra) = evaluate(&model, task, &val_batches, device);

@@ -1,0 +1,189 @@
+//! Stage 4, DPO (direct preference optimisation): from pairs of a preferred
+//! and a rejected answer, move the chat model toward the preferred ones,
+//! without a reward model.
+//!
+//! ```text
+//! cargo run --release -p dpo                      # from runs/sft, on data/dpo.jsonl, ~1-2 min on CPU
+//! cargo run --release -p dpo -- --help            # every flag
+//! cargo run --release -p chat -- --model runs/dpo
+//! ```
+//! Writes `runs/dpo/` with the same layout as the other stages; its events in
+//! metrics.jsonl carry `reward_accuracy`, `reward_margin`, the chosen and
+//! rejected rewards and (at evaluations) the SFT `answer_accuracy`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use burn::module::AutodiffModule;
+use burn::tensor::backend::AutodiffBackend;
+use clap::{CommandFactory, FromArgMatches, Parser};
+use data::chat::check_chat_tokens;
+use data::dpo::DpoDataset;
+use data::sft::{SftDataset, pad_id};
+use data::Tokenizer;
+use model::count_params;
+use serde::{Deserialize, Serialize};
+use train::checkpoint::{RunConfig, load_run_weights, read_model_config, save_run_config};
+use train::dpo_task::DpoTask;
+use train::run::{find_in_repo, prepare_out_dir, print_plan};
+use train::{Plan, TrainArgs, run_on_device};
+
+// Reuse freed tensor buffers instead of page-faulting them in every step.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+// ---------------------------------------------------------------------------
+// 1. Command line
+// ---------------------------------------------------------------------------
+
+/// Preference-tune a chat model with DPO against a frozen copy of itself.
+#[derive(Parser, Debug, Clone, Serialize, Deserialize)]
+#[command(version)]
+struct Args {
+    /// The run to start from (and the frozen reference): config.json, tokenizer.json, checkpoint/.
+    #[arg(long, default_value = "runs/sft")]
+    init: PathBuf,
+    /// Training pairs (JSONL: {"chosen": [turns], "rejected": [turns]} or {"prompt", "chosen", "rejected"}).
+    #[arg(long, default_value = "data/dpo.jsonl")]
+    data: PathBuf,
+    /// Held-out pairs: validation loss, reward accuracy and margin.
+    #[arg(long, default_value = "data/dpo_eval.jsonl")]
+    eval_data: PathBuf,
+    /// Held-out SFT questions, to see whether DPO cost answer accuracy ("" to skip).
+    #[arg(long, default_value = "data/sft_eval.jsonl")]
+    sft_eval_data: PathBuf,
+    /// SFT questions scored at each evaluation (0 = all).
+    #[arg(long, default_value_t = 100)]
+    eval_questions: usize,
+    /// β: how far the policy may move from the reference. Small β lets it
+    /// drift far to satisfy the preferences; large β keeps it close.
+    #[arg(long, default_value_t = 0.1)]
+    beta: f64,
+    /// Conservative DPO: assume each preference label is wrong with this probability.
+    #[arg(long, default_value_t = 0.0)]
+    label_smoothing: f64,
+    /// Run the reference model on every batch instead of scoring all pairs once up front (slower; same result).
+    #[arg(long)]
+    ref_on_the_fly: bool,
+    /// Longest conversation in tokens (default: the model's context length); longer pairs are an error.
+    #[arg(long)]
+    max_seq_len: Option<usize>,
+    /// Override the dropout of the initial model's config.
+    #[arg(long)]
+    dropout: Option<f64>,
+    /// Skip (and count) malformed or over-long lines instead of stopping at the first.
+    #[arg(long)]
+    skip_bad_lines: bool,
+    /// Start over even if --out already holds a checkpoint.
+    #[arg(long)]
+    overwrite: bool,
+    #[command(flatten)]
+    train: TrainArgs,
+}
+
+/// DPO defaults: a small learning rate (large steps quickly lower the
+/// likelihood of *both* answers) and one pass over the pairs.
+const DEFAULTS: &[(&str, &str)] = &[
+    ("out", "runs/dpo"),
+    ("epochs", "1"),
+    ("batch_size", "16"),
+    ("lr", "3e-4"),
+    ("min_lr", "3e-5"),
+    ("warmup_steps", "5"),
+    ("weight_decay", "0.0"),
+    ("eval_interval", "100"),
+    ("eval_batches", "10"),
+];
+
+fn main() -> std::process::ExitCode {
+    let command = train::args::with_defaults(Args::command(), DEFAULTS);
+    let args = Args::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit());
+    match run_on_device!(&args.train.device, run(args.clone())) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
+    args.train.validate()?;
+    anyhow::ensure!(args.beta > 0.0, "--beta must be positive");
+    anyhow::ensure!((0.0..0.5).contains(&args.label_smoothing), "--label-smoothing must be in [0, 0.5)");
+    B::seed(device, args.train.seed);
+
+    // -----------------------------------------------------------------------
+    // 2. Tokenizer, the policy and its frozen reference
+    // -----------------------------------------------------------------------
+    let tokenizer_path = args.init.join("tokenizer.json");
+    let tokenizer = Tokenizer::load(&tokenizer_path).with_context(|| format!("--init {}", args.init.display()))?;
+    check_chat_tokens(&tokenizer, &tokenizer_path)?;
+    let init = || format!("--init {}", args.init.display());
+    let mut model_cfg = read_model_config(&args.init).with_context(init)?;
+    model_cfg.dropout = args.dropout.unwrap_or(model_cfg.dropout);
+    let model = load_run_weights::<B>(&args.init, &model_cfg, device).with_context(init)?;
+    // The reference: the same weights on the inner backend, where no
+    // gradient can ever reach them.
+    let reference = model.valid();
+
+    // -----------------------------------------------------------------------
+    // 3. Data: preference pairs (and SFT questions for answer accuracy)
+    // -----------------------------------------------------------------------
+    let seq_len = args.max_seq_len.unwrap_or(model_cfg.context_length);
+    anyhow::ensure!(seq_len > 0 && seq_len <= model_cfg.context_length, "--max-seq-len {seq_len} must be between 1 and the model's context length {}", model_cfg.context_length);
+    args.data = find_in_repo(&args.data);
+    args.eval_data = find_in_repo(&args.eval_data);
+    let train_set = DpoDataset::load(&args.data, &tokenizer, seq_len, args.skip_bad_lines).context("--data")?;
+    let val_set = DpoDataset::load(&args.eval_data, &tokenizer, seq_len, args.skip_bad_lines).context("--eval-data")?;
+    println!("pairs:      {} training, {} held out ({} + {} bad lines skipped)", train_set.pairs.len(), val_set.pairs.len(), train_set.skipped, val_set.skipped);
+    let mut questions = Vec::new();
+    if !args.sft_eval_data.as_os_str().is_empty() {
+        args.sft_eval_data = find_in_repo(&args.sft_eval_data);
+        let sft = SftDataset::load(&args.sft_eval_data, &tokenizer, seq_len, args.skip_bad_lines).context("--sft-eval-data")?;
+        questions = sft.examples.into_iter().filter(|e| e.answer.is_some()).collect();
+        if args.eval_questions > 0 {
+            questions.truncate(args.eval_questions);
+        }
+    }
+
+    // -----------------------------------------------------------------------
+    // 4. The plan (and --dry-run)
+    // -----------------------------------------------------------------------
+    let plan = Plan::new(train_set.pairs.len(), &args.train)?;
+    let tokens = |set: &DpoDataset| set.pairs.iter().map(|p| p.chosen.ids.len() + p.rejected.ids.len()).sum::<usize>();
+    print_plan(count_params(&model), tokens(&train_set), tokens(&val_set), &plan, 2 * seq_len);
+    println!("method:     sigmoid DPO, β {}, label smoothing {}; reference {}", args.beta, args.label_smoothing, if args.ref_on_the_fly { "run on every batch" } else { "scored once up front" });
+    if args.train.dry_run {
+        return Ok(());
+    }
+    let out = args.train.out.clone();
+    prepare_out_dir(&out, args.train.resume, args.overwrite, &model_cfg)?;
+    save_run_config(&out, &RunConfig { stage: "dpo".into(), model: model_cfg.clone(), args: args.clone() })?;
+    tokenizer.save(&out.join("tokenizer.json"))?;
+
+    // -----------------------------------------------------------------------
+    // 5. Train
+    // -----------------------------------------------------------------------
+    let mut task = DpoTask::new(train_set, val_set, reference, device.clone(), args.beta, args.label_smoothing, pad_id(&tokenizer), tokenizer);
+    task.questions = questions;
+    if !args.ref_on_the_fly {
+        task.precompute_reference(args.train.batch_size);
+    }
+    let stop = train::trainer::stop_on_ctrl_c();
+    let outcome = train::train(model, &mut task, &args.train, device, stop, "DPO")?;
+
+    // -----------------------------------------------------------------------
+    // 6. Summary: did the preferences move, and what did it cost?
+    // -----------------------------------------------------------------------
+    let evals: Vec<_> = outcome.log.events.iter().filter(|e| e.split == "val").collect();
+    if let (Some(first), Some(last)) = (evals.first(), evals.last()) {
+        let get = |e: &train::metrics::Event, k: &str| e.extra.get(k).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+        println!("held-out pairs: loss {:.3} → {:.3}; reward accuracy {:.1}% → {:.1}%; margin {:.3} → {:.3}", first.loss, last.loss, 100.0 * get(first, "reward_accuracy"), 100.0 * get(last, "reward_accuracy"), get(first, "reward_margin"), get(last, "reward_margin"));
+        println!("rewards at the end: chosen {:.3}, rejected {:.3} (both falling together is a warning sign)", get(last, "chosen_reward"), get(last, "rejected_reward"));
+        if !task.questions.is_empty() {
+            println!("SFT answer accuracy {:.1}% → {:.1}% ({:.0} s)", 100.0 * get(first, "answer_accuracy"), 100.0 * get(last, "answer_accuracy"), last.elapsed_s);
+        }
+    }
+    Ok(())
+}
