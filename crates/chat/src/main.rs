@@ -20,6 +20,7 @@ use data::util::SplitMix64;
 use model::{Gpt, Sampling, generate};
 use data::chat::{Message, Role, check_chat_tokens, render_chatml};
 use data::tokenizer::IM_END;
+use train::adapter::load_with_adapter;
 use train::checkpoint::{load_run_model, read_stage};
 use train::run_on_device;
 
@@ -38,6 +39,9 @@ struct Args {
     /// A run directory written by a stage (holds config.json, tokenizer.json, checkpoint/).
     #[arg(long, default_value = "runs/pretrain")]
     model: PathBuf,
+    /// A LoRA adapter directory (from `cargo run -p lora`) to put on top of --model.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
     /// Text to continue; prints the completion and exits. Without it, asks for prompts interactively.
     #[arg(long)]
     prompt: Option<String>,
@@ -78,13 +82,7 @@ struct Args {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    match run_on_device!(&args.device, run(args.clone())) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    train::run::exit_code(run_on_device!(&args.device, run(args.clone())))
 }
 
 fn run<B: AutodiffBackend>(device: &B::Device, args: Args) -> Result<()> {
@@ -92,7 +90,13 @@ fn run<B: AutodiffBackend>(device: &B::Device, args: Args) -> Result<()> {
     // 2. Tokenizer and model (inference only: no autodiff)
     // -----------------------------------------------------------------------
     let tokenizer = Tokenizer::load(&args.model.join("tokenizer.json")).with_context(|| format!("--model {}", args.model.display()))?;
-    let (config, model) = load_run_model::<B::InnerBackend>(&args.model, device).with_context(|| format!("--model {}", args.model.display()))?;
+    let (config, model) = match &args.adapter {
+        Some(adapter) => {
+            let (config, model, _) = load_with_adapter::<B::InnerBackend>(&args.model, adapter, device)?;
+            (config, model)
+        }
+        None => load_run_model::<B::InnerBackend>(&args.model, device).with_context(|| format!("--model {}", args.model.display()))?,
+    };
     eprintln!("loaded {} ({} layers, d_model {}, context {})", args.model.display(), config.n_layers, config.d_model, config.context_length);
     let sampling = Sampling {
         temperature: args.temperature,

@@ -17,15 +17,13 @@ use anyhow::{Context, Result};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use clap::{CommandFactory, FromArgMatches, Parser};
-use data::chat::check_chat_tokens;
 use data::dpo::DpoDataset;
-use data::sft::{SftDataset, pad_id};
-use data::Tokenizer;
+use data::sft::pad_id;
 use model::count_params;
 use serde::{Deserialize, Serialize};
-use train::checkpoint::{RunConfig, load_run_weights, read_model_config, save_run_config};
+use train::checkpoint::RunConfig;
 use train::dpo_task::DpoTask;
-use train::run::{find_in_repo, prepare_out_dir, print_plan};
+use train::run::{find_in_repo, load_init, load_questions, print_plan, start_run};
 use train::{Plan, TrainArgs, run_on_device};
 
 // Reuse freed tensor buffers instead of page-faulting them in every step.
@@ -98,13 +96,7 @@ const DEFAULTS: &[(&str, &str)] = &[
 fn main() -> std::process::ExitCode {
     let command = train::args::with_defaults(Args::command(), DEFAULTS);
     let args = Args::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit());
-    match run_on_device!(&args.train.device, run(args.clone())) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    train::run::exit_code(run_on_device!(&args.train.device, run(args.clone())))
 }
 
 fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
@@ -116,13 +108,7 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
     // -----------------------------------------------------------------------
     // 2. Tokenizer, the policy and its frozen reference
     // -----------------------------------------------------------------------
-    let tokenizer_path = args.init.join("tokenizer.json");
-    let tokenizer = Tokenizer::load(&tokenizer_path).with_context(|| format!("--init {}", args.init.display()))?;
-    check_chat_tokens(&tokenizer, &tokenizer_path)?;
-    let init = || format!("--init {}", args.init.display());
-    let mut model_cfg = read_model_config(&args.init).with_context(init)?;
-    model_cfg.dropout = args.dropout.unwrap_or(model_cfg.dropout);
-    let model = load_run_weights::<B>(&args.init, &model_cfg, device).with_context(init)?;
+    let (tokenizer, model_cfg, model) = load_init::<B>(&args.init, args.dropout, device)?;
     // The reference: the same weights on the inner backend, where no
     // gradient can ever reach them.
     let reference = model.valid();
@@ -137,15 +123,7 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
     let train_set = DpoDataset::load(&args.data, &tokenizer, seq_len, args.skip_bad_lines).context("--data")?;
     let val_set = DpoDataset::load(&args.eval_data, &tokenizer, seq_len, args.skip_bad_lines).context("--eval-data")?;
     println!("pairs:      {} training, {} held out ({} + {} bad lines skipped)", train_set.pairs.len(), val_set.pairs.len(), train_set.skipped, val_set.skipped);
-    let mut questions = Vec::new();
-    if !args.sft_eval_data.as_os_str().is_empty() {
-        args.sft_eval_data = find_in_repo(&args.sft_eval_data);
-        let sft = SftDataset::load(&args.sft_eval_data, &tokenizer, seq_len, args.skip_bad_lines).context("--sft-eval-data")?;
-        questions = sft.examples.into_iter().filter(|e| e.answer.is_some()).collect();
-        if args.eval_questions > 0 {
-            questions.truncate(args.eval_questions);
-        }
-    }
+    let questions = load_questions(&args.sft_eval_data, &tokenizer, seq_len, args.skip_bad_lines, args.eval_questions).context("--sft-eval-data")?;
 
     // -----------------------------------------------------------------------
     // 4. The plan (and --dry-run)
@@ -158,9 +136,7 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
         return Ok(());
     }
     let out = args.train.out.clone();
-    prepare_out_dir(&out, args.train.resume, args.overwrite, &model_cfg)?;
-    save_run_config(&out, &RunConfig { stage: "dpo".into(), model: model_cfg.clone(), args: args.clone() })?;
-    tokenizer.save(&out.join("tokenizer.json"))?;
+    start_run(&out, args.train.resume, args.overwrite, &RunConfig { stage: "dpo".into(), model: model_cfg.clone(), args: args.clone() }, &tokenizer)?;
 
     // -----------------------------------------------------------------------
     // 5. Train

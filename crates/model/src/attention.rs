@@ -7,7 +7,7 @@
 //! token at every position at once without peeking at it.
 
 use burn::module::Module;
-use burn::nn::{Dropout, DropoutConfig, Linear};
+use burn::nn::{Dropout, DropoutConfig};
 use burn::tensor::activation::softmax;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
@@ -16,17 +16,19 @@ use burn::tensor::{Bool, Int, Tensor, backend::Backend};
 use crate::config::GptConfig;
 use crate::init;
 use crate::kv_cache::LayerCache;
+use crate::lora::LoraLinear;
 
 #[derive(Module, Debug)]
 pub struct MultiHeadAttention<B: Backend> {
     /// Query projection, weight `[d_model, d_model]` (all heads side by side).
-    pub query: Linear<B>,
+    /// Each projection is a `LoraLinear`: a plain `Linear` unless LoRA attaches an adapter.
+    pub query: LoraLinear<B>,
     /// Key projection, weight `[d_model, d_model]`.
-    pub key: Linear<B>,
+    pub key: LoraLinear<B>,
     /// Value projection, weight `[d_model, d_model]`.
-    pub value: Linear<B>,
+    pub value: LoraLinear<B>,
     /// Mixes the heads' outputs back into the residual stream, `[d_model, d_model]`.
-    pub out_proj: Linear<B>,
+    pub out_proj: LoraLinear<B>,
     /// Dropout on the attention weights (plain path only, see `GptConfig::fused_attention`).
     attn_dropout: Dropout,
     /// Dropout on the output before it joins the residual stream.
@@ -40,10 +42,10 @@ impl<B: Backend> MultiHeadAttention<B> {
         let d = cfg.d_model;
         let std = init::INIT_STD;
         Self {
-            query: init::linear(d, d, cfg.qkv_bias, std, device),
-            key: init::linear(d, d, cfg.qkv_bias, std, device),
-            value: init::linear(d, d, cfg.qkv_bias, std, device),
-            out_proj: init::linear(d, d, true, init::residual_std(cfg.n_layers), device),
+            query: LoraLinear::new(init::linear(d, d, cfg.qkv_bias, std, device)),
+            key: LoraLinear::new(init::linear(d, d, cfg.qkv_bias, std, device)),
+            value: LoraLinear::new(init::linear(d, d, cfg.qkv_bias, std, device)),
+            out_proj: LoraLinear::new(init::linear(d, d, true, init::residual_std(cfg.n_layers), device)),
             attn_dropout: DropoutConfig::new(cfg.dropout).init(),
             resid_dropout: DropoutConfig::new(cfg.dropout).init(),
             n_heads: cfg.n_heads,

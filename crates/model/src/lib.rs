@@ -11,6 +11,7 @@ pub mod generate;
 pub mod gpt;
 pub mod init;
 pub mod kv_cache;
+pub mod lora;
 pub mod loss;
 pub mod mlp;
 pub mod params;
@@ -33,3 +34,7 @@ mod tests;
 #[doc = include_str!("../../../notebooks-md/02-the-model.md")]
 #[cfg(doctest)]
 pub struct Notebook02;
+
+#[doc = include_str!("../../../notebooks-md/06-lora.md")]
+#[cfg(doctest)]
+pub struct Notebook06;

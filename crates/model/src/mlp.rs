@@ -4,19 +4,20 @@
 //! each position on its own. Most of a GPT's parameters live here.
 
 use burn::module::Module;
-use burn::nn::{Dropout, DropoutConfig, Linear};
+use burn::nn::{Dropout, DropoutConfig};
 use burn::tensor::activation::gelu;
 use burn::tensor::{Tensor, backend::Backend};
 
 use crate::config::GptConfig;
 use crate::init;
+use crate::lora::LoraLinear;
 
 #[derive(Module, Debug)]
 pub struct Mlp<B: Backend> {
     /// Expansion, weight `[d_model, 4·d_model]`.
-    pub fc: Linear<B>,
+    pub fc: LoraLinear<B>,
     /// Projection back into the residual stream, weight `[4·d_model, d_model]`.
-    pub proj: Linear<B>,
+    pub proj: LoraLinear<B>,
     dropout: Dropout,
 }
 
@@ -24,8 +25,8 @@ impl<B: Backend> Mlp<B> {
     pub fn new(cfg: &GptConfig, device: &B::Device) -> Self {
         let (d, hidden) = (cfg.d_model, 4 * cfg.d_model);
         Self {
-            fc: init::linear(d, hidden, true, init::INIT_STD, device),
-            proj: init::linear(hidden, d, true, init::residual_std(cfg.n_layers), device),
+            fc: LoraLinear::new(init::linear(d, hidden, true, init::INIT_STD, device)),
+            proj: LoraLinear::new(init::linear(hidden, d, true, init::residual_std(cfg.n_layers), device)),
             dropout: DropoutConfig::new(cfg.dropout).init(),
         }
     }

@@ -18,8 +18,8 @@ use data::prepare::{load_or_train_tokenizer, tokenize_corpus};
 use data::{Corpus, WindowDataset, train_val_split};
 use model::{Gpt, GptConfig, count_params};
 use serde::{Deserialize, Serialize};
-use train::checkpoint::{RunConfig, save_run_config};
-use train::run::{find_in_repo, prepare_out_dir, print_plan, print_sample};
+use train::checkpoint::RunConfig;
+use train::run::{find_in_repo, print_plan, print_sample, start_run};
 use train::task::PretrainTask;
 use train::{Plan, TrainArgs, run_on_device};
 
@@ -108,13 +108,7 @@ const DEFAULTS: &[(&str, &str)] = &[
 fn main() -> std::process::ExitCode {
     let command = train::args::with_defaults(Args::command(), DEFAULTS);
     let args = Args::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit());
-    match run_on_device!(&args.train.device, run(args.clone())) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    train::run::exit_code(run_on_device!(&args.train.device, run(args.clone())))
 }
 
 fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
@@ -169,9 +163,7 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
         return Ok(());
     }
     let out = args.train.out.clone();
-    prepare_out_dir(&out, args.train.resume, args.overwrite, &model_cfg)?;
-    save_run_config(&out, &RunConfig { stage: "pretrain".into(), model: model_cfg.clone(), args: args.clone() })?;
-    tokenizer.save(&out.join("tokenizer.json"))?;
+    start_run(&out, args.train.resume, args.overwrite, &RunConfig { stage: "pretrain".into(), model: model_cfg.clone(), args: args.clone() }, &tokenizer)?;
 
     // -----------------------------------------------------------------------
     // 6. Train

@@ -14,13 +14,11 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use burn::tensor::backend::AutodiffBackend;
 use clap::{CommandFactory, FromArgMatches, Parser};
-use data::chat::check_chat_tokens;
 use data::sft::{SftDataset, pad_id};
-use data::Tokenizer;
 use model::count_params;
 use serde::{Deserialize, Serialize};
-use train::checkpoint::{RunConfig, load_run_weights, read_model_config, save_run_config};
-use train::run::{find_in_repo, prepare_out_dir, print_plan};
+use train::checkpoint::RunConfig;
+use train::run::{find_in_repo, load_init, load_questions, print_plan, start_run};
 use train::sft_task::{SftTask, reply};
 use train::{Plan, TrainArgs, run_on_device};
 
@@ -84,13 +82,7 @@ const DEFAULTS: &[(&str, &str)] = &[
 fn main() -> std::process::ExitCode {
     let command = train::args::with_defaults(Args::command(), DEFAULTS);
     let args = Args::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit());
-    match run_on_device!(&args.train.device, run(args.clone())) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    train::run::exit_code(run_on_device!(&args.train.device, run(args.clone())))
 }
 
 fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
@@ -100,13 +92,7 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
     // -----------------------------------------------------------------------
     // 2. Tokenizer and the pretrained model
     // -----------------------------------------------------------------------
-    let tokenizer_path = args.init.join("tokenizer.json");
-    let tokenizer = Tokenizer::load(&tokenizer_path).with_context(|| format!("--init {}", args.init.display()))?;
-    check_chat_tokens(&tokenizer, &tokenizer_path)?;
-    let init = || format!("--init {}", args.init.display());
-    let mut model_cfg = read_model_config(&args.init).with_context(init)?;
-    model_cfg.dropout = args.dropout.unwrap_or(model_cfg.dropout);
-    let model = load_run_weights::<B>(&args.init, &model_cfg, device).with_context(init)?;
+    let (tokenizer, model_cfg, model) = load_init::<B>(&args.init, args.dropout, device)?;
 
     // -----------------------------------------------------------------------
     // 3. Data: conversations → ids and loss masks
@@ -120,10 +106,7 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
     for (name, set) in [("training", &train_set), ("evaluation", &val_set)] {
         println!("{name} set: {} conversations ({} dropped: no answer left after cutting to {seq_len} tokens; {} bad lines skipped)", set.examples.len(), set.dropped_truncated, set.skipped_bad);
     }
-    let mut questions: Vec<_> = val_set.examples.iter().filter(|e| e.answer.is_some()).cloned().collect();
-    if args.eval_questions > 0 {
-        questions.truncate(args.eval_questions);
-    }
+    let questions = load_questions(&args.eval_data, &tokenizer, seq_len, args.skip_bad_lines, args.eval_questions).context("--eval-data")?;
 
     // -----------------------------------------------------------------------
     // 4. The plan (and --dry-run)
@@ -137,15 +120,13 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
         return Ok(());
     }
     let out = args.train.out.clone();
-    prepare_out_dir(&out, args.train.resume, args.overwrite, &model_cfg)?;
-    save_run_config(&out, &RunConfig { stage: "sft".into(), model: model_cfg.clone(), args: args.clone() })?;
-    tokenizer.save(&out.join("tokenizer.json"))?;
+    start_run(&out, args.train.resume, args.overwrite, &RunConfig { stage: "sft".into(), model: model_cfg.clone(), args: args.clone() }, &tokenizer)?;
 
     // -----------------------------------------------------------------------
     // 5. Train
     // -----------------------------------------------------------------------
     let pad = pad_id(&tokenizer);
-    let mut task = SftTask { train: train_set, val: val_set, questions, tokenizer: tokenizer.clone(), pad_id: pad, max_answer_tokens: args.max_answer_tokens };
+    let mut task = SftTask { train: train_set, val: val_set, questions, task_questions: Vec::new(), tokenizer: tokenizer.clone(), pad_id: pad, max_answer_tokens: args.max_answer_tokens };
     let stop = train::trainer::stop_on_ctrl_c();
     let outcome = train::train(model, &mut task, &args.train, device, stop, "supervised fine-tuning")?;
 

@@ -37,8 +37,8 @@ pub struct DpoTask<R: Backend> {
     pub questions: Vec<SftExample>,
     pub tokenizer: Tokenizer,
     pub max_answer_tokens: usize,
-    /// Reference log-probabilities of every training pair, if precomputed.
-    cache: Option<Vec<(f32, f32)>>,
+    /// Reference log-probabilities of every training and held-out pair, if precomputed.
+    cache: Option<(Vec<(f32, f32)>, Vec<(f32, f32)>)>,
 }
 
 /// log π(answer | prompt) of each row of a padded batch → `[rows]`.
@@ -56,15 +56,18 @@ impl<R: Backend> DpoTask<R> {
         Self { train, val, reference, device, beta, label_smoothing, pad_id, questions: Vec::new(), tokenizer, max_answer_tokens: 32, cache: None }
     }
 
-    /// Scores every training pair with the reference once.
+    /// Scores every training and held-out pair with the reference once.
     pub fn precompute_reference(&mut self, batch_size: usize) {
-        let mut cache = Vec::with_capacity(self.train.pairs.len());
-        for chunk in self.train.pairs.chunks(batch_size) {
-            let refs: Vec<&DpoPair> = chunk.iter().collect();
-            let (c, r) = self.reference_log_probs(&collate_pairs(&refs, self.pad_id));
-            cache.extend(c.into_iter().zip(r));
-        }
-        self.cache = Some(cache);
+        let score = |set: &DpoDataset| {
+            let mut cache = Vec::with_capacity(set.pairs.len());
+            for chunk in set.pairs.chunks(batch_size) {
+                let refs: Vec<&DpoPair> = chunk.iter().collect();
+                let (c, r) = self.reference_log_probs(&collate_pairs(&refs, self.pad_id));
+                cache.extend(c.into_iter().zip(r));
+            }
+            cache
+        };
+        self.cache = Some((score(&self.train), score(&self.val)));
     }
 
     fn reference_log_probs(&self, rows: &SftBatch) -> (Vec<f32>, Vec<f32>) {
@@ -73,12 +76,12 @@ impl<R: Backend> DpoTask<R> {
         (lp[..n].to_vec(), lp[n..].to_vec())
     }
 
-    fn batch(&self, set: &DpoDataset, indices: &[usize], cached: bool) -> DpoBatch {
+    fn batch(&self, set: &DpoDataset, indices: &[usize], cache: Option<&Vec<(f32, f32)>>) -> DpoBatch {
         let pairs: Vec<&DpoPair> = indices.iter().map(|&i| &set.pairs[i]).collect();
         let rows = collate_pairs(&pairs, self.pad_id);
-        let (ref_chosen, ref_rejected) = match (&self.cache, cached) {
-            (Some(cache), true) => indices.iter().map(|&i| cache[i]).unzip(),
-            _ => self.reference_log_probs(&rows),
+        let (ref_chosen, ref_rejected) = match cache {
+            Some(cache) => indices.iter().map(|&i| cache[i]).unzip(),
+            None => self.reference_log_probs(&rows),
         };
         DpoBatch { rows, ref_chosen, ref_rejected }
     }
@@ -105,13 +108,13 @@ impl<R: Backend> Task for DpoTask<R> {
         self.train.pairs.len()
     }
     fn train_batch(&self, indices: &[usize]) -> DpoBatch {
-        self.batch(&self.train, indices, true)
+        self.batch(&self.train, indices, self.cache.as_ref().map(|c| &c.0))
     }
     fn val_len(&self) -> usize {
         self.val.pairs.len()
     }
     fn val_batch(&self, indices: &[usize]) -> DpoBatch {
-        self.batch(&self.val, indices, false)
+        self.batch(&self.val, indices, self.cache.as_ref().map(|c| &c.1))
     }
     fn tokens(&self, batch: &DpoBatch) -> usize {
         batch.rows.inputs.len()

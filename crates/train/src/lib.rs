@@ -5,6 +5,7 @@
 //! A stage implements [`task::Task`] (its batch type and its loss) and calls
 //! [`trainer::train`]. Nothing of the loop is copied per stage.
 
+pub mod adapter;
 pub mod args;
 pub mod checkpoint;
 pub mod clip;
@@ -41,3 +42,7 @@ pub struct Notebook04;
 #[doc = include_str!("../../../notebooks-md/05-sft.md")]
 #[cfg(doctest)]
 pub struct Notebook05;
+
+#[doc = include_str!("../../../notebooks-md/07-dpo.md")]
+#[cfg(doctest)]
+pub struct Notebook07;

@@ -63,3 +63,49 @@ pub fn find_in_repo(path: &Path) -> std::path::PathBuf {
     let in_repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(path);
     if path.exists() || path.is_absolute() || !in_repo.exists() { path.to_path_buf() } else { in_repo }
 }
+
+/// The end of every stage's `main`: print an error as one line, exit non-zero.
+pub fn exit_code(result: Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// What a fine-tuning stage starts from (`--init`): a chat-ready tokenizer,
+/// the model shape (with `dropout` overridden if given) and the weights.
+pub fn load_init<B: Backend>(init: &Path, dropout: Option<f64>, device: &B::Device) -> Result<(Tokenizer, GptConfig, Gpt<B>)> {
+    let context = || format!("--init {}", init.display());
+    let tokenizer_path = init.join("tokenizer.json");
+    let tokenizer = Tokenizer::load(&tokenizer_path).with_context(context)?;
+    data::chat::check_chat_tokens(&tokenizer, &tokenizer_path)?;
+    let mut config = read_model_config(init).with_context(context)?;
+    config.dropout = dropout.unwrap_or(config.dropout);
+    let model = crate::checkpoint::load_run_weights::<B>(init, &config, device).with_context(context)?;
+    Ok((tokenizer, config, model))
+}
+
+/// Prepares `out` (see `prepare_out_dir`) and writes the run's config.json
+/// and tokenizer.json, so the run directory is usable from its first checkpoint.
+pub fn start_run<A: serde::Serialize>(out: &Path, resume: bool, overwrite: bool, config: &crate::checkpoint::RunConfig<A>, tokenizer: &Tokenizer) -> Result<()> {
+    prepare_out_dir(out, resume, overwrite, &config.model)?;
+    crate::checkpoint::save_run_config(out, config)?;
+    tokenizer.save(&out.join("tokenizer.json"))
+}
+
+/// The lines of a JSONL conversation file that carry an `"answer"` (at most
+/// `limit`, 0 = all): questions scored by generation. An empty path gives none.
+pub fn load_questions(path: &Path, tokenizer: &Tokenizer, max_seq_len: usize, skip_bad_lines: bool, limit: usize) -> Result<Vec<data::sft::SftExample>> {
+    if path.as_os_str().is_empty() {
+        return Ok(Vec::new());
+    }
+    let set = data::sft::SftDataset::load(&find_in_repo(path), tokenizer, max_seq_len, skip_bad_lines)?;
+    let mut questions: Vec<_> = set.examples.into_iter().filter(|e| e.answer.is_some()).collect();
+    if limit > 0 {
+        questions.truncate(limit);
+    }
+    Ok(questions)
+}

@@ -14,8 +14,11 @@ use crate::task::{Task, int_tensor};
 pub struct SftTask {
     pub train: SftDataset,
     pub val: SftDataset,
-    /// Held-out questions with expected answers, scored by generation.
+    /// Held-out questions with expected answers, scored by generation and
+    /// logged as `answer_accuracy`.
     pub questions: Vec<SftExample>,
+    /// Questions of a new skill (LoRA's task), logged as `task_accuracy`.
+    pub task_questions: Vec<SftExample>,
     pub tokenizer: Tokenizer,
     pub pad_id: u32,
     /// Longest answer generated when scoring.
@@ -92,10 +95,14 @@ impl Task for SftTask {
         sft_loss(model, batch, device)
     }
     fn evaluate<B: Backend>(&mut self, model: &Gpt<B>, _device: &B::Device) -> Vec<(String, f64)> {
-        if self.questions.is_empty() {
-            return Vec::new();
+        let mut out = Vec::new();
+        if !self.task_questions.is_empty() {
+            out.push(("task_accuracy".into(), answer_accuracy(model, &self.tokenizer, &self.task_questions, self.max_answer_tokens)));
         }
-        vec![("answer_accuracy".into(), answer_accuracy(model, &self.tokenizer, &self.questions, self.max_answer_tokens))]
+        if !self.questions.is_empty() {
+            out.push(("answer_accuracy".into(), answer_accuracy(model, &self.tokenizer, &self.questions, self.max_answer_tokens)));
+        }
+        out
     }
 }
 
@@ -126,7 +133,7 @@ mod tests {
         let examples: Vec<SftExample> = qa.iter().map(|(q, a)| example(&tok, q, a)).collect();
         let set = SftDataset { examples: examples.clone(), dropped_truncated: 0, skipped_bad: 0 };
         let pad = tok.token_id(data::tokenizer::PAD).unwrap();
-        let mut task = SftTask { train: set.clone(), val: set, questions: examples, tokenizer: tok.clone(), pad_id: pad, max_answer_tokens: 12 };
+        let mut task = SftTask { train: set.clone(), val: set, questions: examples, task_questions: Vec::new(), tokenizer: tok.clone(), pad_id: pad, max_answer_tokens: 12 };
 
         #[derive(Parser)]
         struct Cli {

@@ -122,7 +122,9 @@ pub fn train<B: AutodiffBackend, T: Task>(
     let started = Instant::now();
     let (elapsed_before, tokens_before) = (state.elapsed_s, state.tokens);
     let elapsed = || elapsed_before + started.elapsed().as_secs_f64();
-    let tokens_per_s = |s: &TrainerState| (s.tokens - tokens_before) as f64 / started.elapsed().as_secs_f64().max(1e-9);
+    // Throughput counts time spent in training steps only, not evaluations or saves.
+    let mut step_secs = 0.0;
+    let tokens_per_s = |s: &TrainerState, secs: f64| (s.tokens - tokens_before) as f64 / secs.max(1e-9);
     let epoch_of = |s: &TrainerState| s.sampler.epoch as f64 + s.sampler.batch as f64 / plan.batches_per_epoch as f64;
 
     // 3. Evaluate before any update, so the starting point is on record.
@@ -137,6 +139,7 @@ pub fn train<B: AutodiffBackend, T: Task>(
         // Dropout masks depend only on (seed, step): a resumed run draws the
         // same ones as an uninterrupted run would.
         B::seed(device, args.seed.wrapping_add(state.step as u64).wrapping_mul(0x9e3779b97f4a7c15));
+        let step_started = Instant::now();
 
         // 4. Forward and backward over grad_accum micro-batches.
         let mut accumulator = GradientsAccumulator::<Gpt<B>>::new();
@@ -185,6 +188,7 @@ pub fn train<B: AutodiffBackend, T: Task>(
         }
         let grad_norm = if args.clip_norm > 0.0 { clip_grad_norm(&model, &mut grads, args.clip_norm) } else { global_grad_norm(&model, &mut grads) };
         model = optim.step(lr, model, grads);
+        step_secs += step_started.elapsed().as_secs_f64();
         state.step += 1;
         state.sampler = sampler.position();
         state.elapsed_s = elapsed();
@@ -193,14 +197,14 @@ pub fn train<B: AutodiffBackend, T: Task>(
 
         // 6. Log, evaluate, save.
         bar.set_position(state.step as u64);
-        bar.set_message(format!("loss {loss:.3} | lr {lr:.1e} | {:.0} tok/s", tokens_per_s(&state)));
+        bar.set_message(format!("loss {loss:.3} | lr {lr:.1e} | {:.0} tok/s", tokens_per_s(&state, step_secs)));
         if state.step % args.log_interval == 0 || last {
-            log.log(Event { step: state.step, epoch: epoch_of(&state), split: "train".into(), loss, lr, grad_norm: Some(grad_norm), tokens: state.tokens, tokens_per_s: tokens_per_s(&state), elapsed_s: state.elapsed_s, extra: to_map(&step_metrics.iter().map(|(k, v)| (k.to_string(), *v)).collect::<Vec<_>>()) })?;
+            log.log(Event { step: state.step, epoch: epoch_of(&state), split: "train".into(), loss, lr, grad_norm: Some(grad_norm), tokens: state.tokens, tokens_per_s: tokens_per_s(&state, step_secs), elapsed_s: state.elapsed_s, extra: to_map(&step_metrics.iter().map(|(k, v)| (k.to_string(), *v)).collect::<Vec<_>>()) })?;
         }
         if state.step % args.eval_interval == 0 || last {
             let (val_loss, extra) = evaluate(&model, task, &val_batches, device);
             say(&bar, format!("step {}: train loss {loss:.4}, val loss {val_loss:.4} (perplexity {:.1}){}", state.step, val_loss.exp(), fmt_extra(&extra)));
-            log.log(Event { step: state.step, epoch: epoch_of(&state), split: "val".into(), loss: val_loss, lr, grad_norm: None, tokens: state.tokens, tokens_per_s: tokens_per_s(&state), elapsed_s: state.elapsed_s, extra: to_map(&extra) })?;
+            log.log(Event { step: state.step, epoch: epoch_of(&state), split: "val".into(), loss: val_loss, lr, grad_norm: None, tokens: state.tokens, tokens_per_s: tokens_per_s(&state, step_secs), elapsed_s: state.elapsed_s, extra: to_map(&extra) })?;
             draw_loss_curves(&args.out, title, &log.curve("train"), &log.curve("val"))?;
         }
         if state.step % args.save_interval == 0 || last || interrupted {

@@ -1,0 +1,207 @@
+//! Stage 3, LoRA: teach the chat model a new skill while its own weights stay
+//! frozen; only small adapter matrices train, and they save on their own.
+//!
+//! ```text
+//! cargo run --release -p lora                     # from runs/sft, on data/lora.jsonl, ~1-2 min on CPU
+//! cargo run --release -p lora -- --help           # every flag
+//! cargo run --release -p chat -- --model runs/sft --adapter runs/lora
+//! cargo run --release -p lora -- merge --base runs/sft --adapter runs/lora --out runs/lora-merged
+//! ```
+//! Writes `runs/lora/`: adapter.json + adapter.mpk (the adapter alone),
+//! plus the usual checkpoint/ (for --resume), config.json, metrics.jsonl and
+//! loss curves. Evaluation events carry `task_accuracy` (the new skill) and
+//! `answer_accuracy` (the SFT questions: what was retained).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use burn::module::AutodiffModule;
+use burn::tensor::backend::AutodiffBackend;
+use clap::{Args as ClapArgs, CommandFactory, FromArgMatches, Parser, Subcommand};
+use data::sft::{SftDataset, pad_id};
+use data::util::write_atomic;
+use model::count_params;
+use model::lora::{LoraConfig, LoraTarget};
+use serde::{Deserialize, Serialize};
+use train::adapter::{AdapterConfig, load_with_adapter, save_adapter, weights_hash};
+use train::checkpoint::{RunConfig, checkpoint_dir, save_checkpoint, save_run_config};
+use train::run::{find_in_repo, load_init, load_questions, print_plan, start_run};
+use train::sft_task::SftTask;
+use train::{Plan, TrainArgs, run_on_device};
+
+// Reuse freed tensor buffers instead of page-faulting them in every step.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+// ---------------------------------------------------------------------------
+// 1. Command line
+// ---------------------------------------------------------------------------
+
+/// Train a LoRA adapter on a frozen chat model (or, with `merge`, fold one into its base).
+#[derive(Parser, Debug, Clone, Serialize, Deserialize)]
+#[command(version, args_conflicts_with_subcommands = true)]
+struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// The run whose weights stay frozen under the adapter: config.json, tokenizer.json, checkpoint/.
+    #[arg(long, default_value = "runs/sft")]
+    init: PathBuf,
+    /// Training conversations of the new skill (same JSONL formats as SFT).
+    #[arg(long, default_value = "data/lora.jsonl")]
+    data: PathBuf,
+    /// Held-out conversations of the new skill: validation loss, and task accuracy for lines with an "answer".
+    #[arg(long, default_value = "data/lora_eval.jsonl")]
+    eval_data: PathBuf,
+    /// Held-out SFT questions, to measure what the old skill kept ("" to skip).
+    #[arg(long, default_value = "data/sft_eval.jsonl")]
+    sft_eval_data: PathBuf,
+    /// Questions scored per accuracy at each evaluation (0 = all).
+    #[arg(long, default_value_t = 100)]
+    eval_questions: usize,
+    /// Longest reply generated when scoring an answer.
+    #[arg(long, default_value_t = 32)]
+    max_answer_tokens: usize,
+    /// Inner width of the adapter's A·B: more = a more expressive update, more parameters.
+    #[arg(long, default_value_t = 8)]
+    rank: usize,
+    /// The update is scaled by alpha / rank.
+    #[arg(long, default_value_t = 16.0)]
+    alpha: f64,
+    /// Dropout on the adapter's input.
+    #[arg(long, default_value_t = 0.05)]
+    lora_dropout: f64,
+    /// Layers to adapt, comma-separated: q, k, v, out (attention), fc, proj (MLP).
+    #[arg(long, value_delimiter = ',', default_value = "q,v")]
+    targets: Vec<String>,
+    /// Longest conversation in tokens (default: the model's context length); longer ones are cut.
+    #[arg(long)]
+    max_seq_len: Option<usize>,
+    /// Skip (and count) malformed lines instead of stopping at the first.
+    #[arg(long)]
+    skip_bad_lines: bool,
+    /// Start over even if --out already holds a checkpoint.
+    #[arg(long)]
+    overwrite: bool,
+    #[command(flatten)]
+    train: TrainArgs,
+}
+
+#[derive(Subcommand, Debug, Clone, Serialize, Deserialize)]
+enum Command {
+    /// Fold an adapter into its base weights: W ← W + (alpha/rank)·A·B, a plain model again.
+    Merge(MergeArgs),
+}
+
+#[derive(ClapArgs, Debug, Clone, Serialize, Deserialize)]
+struct MergeArgs {
+    /// The base run the adapter was trained on.
+    #[arg(long, default_value = "runs/sft")]
+    base: PathBuf,
+    /// The adapter's run directory.
+    #[arg(long, default_value = "runs/lora")]
+    adapter: PathBuf,
+    /// Where to write the merged model (a run directory chat can load).
+    #[arg(long, default_value = "runs/lora-merged")]
+    out: PathBuf,
+}
+
+/// Adapter defaults: a larger rate than full fine-tuning suits the small,
+/// zero-started update; no weight decay on it; a few passes over the data.
+const DEFAULTS: &[(&str, &str)] = &[
+    ("out", "runs/lora"),
+    ("epochs", "3"),
+    ("batch_size", "16"),
+    ("lr", "2e-3"),
+    ("min_lr", "2e-4"),
+    ("warmup_steps", "10"),
+    ("weight_decay", "0.0"),
+    ("eval_interval", "75"),
+    ("eval_batches", "10"),
+];
+
+fn main() -> std::process::ExitCode {
+    let command = train::args::with_defaults(Args::command(), DEFAULTS);
+    let args = Args::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit());
+    train::run::exit_code(match &args.command {
+        Some(Command::Merge(merge_args)) => merge(merge_args),
+        None => run_on_device!(&args.train.device, run(args.clone())),
+    })
+}
+
+fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
+    args.train.validate()?;
+    anyhow::ensure!(args.rank > 0, "--rank must be at least 1");
+    let targets = args.targets.iter().map(|t| t.parse::<LoraTarget>()).collect::<Result<Vec<_>, _>>().map_err(|e| anyhow::anyhow!("--targets: {e}"))?;
+    let lora = LoraConfig { rank: args.rank, alpha: args.alpha, dropout: args.lora_dropout, targets };
+    B::seed(device, args.train.seed);
+
+    // -----------------------------------------------------------------------
+    // 2. Tokenizer, the frozen base model and its adapters
+    // -----------------------------------------------------------------------
+    let (tokenizer, model_cfg, base) = load_init::<B>(&args.init, None, device)?;
+    let model = base.with_lora(&lora, device);
+    let counts = count_params(&model);
+
+    // -----------------------------------------------------------------------
+    // 3. Data: the new skill, plus the old skill's questions for retention
+    // -----------------------------------------------------------------------
+    let seq_len = args.max_seq_len.unwrap_or(model_cfg.context_length);
+    anyhow::ensure!(seq_len > 0 && seq_len <= model_cfg.context_length, "--max-seq-len {seq_len} must be between 1 and the model's context length {}", model_cfg.context_length);
+    args.data = find_in_repo(&args.data);
+    args.eval_data = find_in_repo(&args.eval_data);
+    let train_set = SftDataset::load(&args.data, &tokenizer, seq_len, args.skip_bad_lines).context("--data")?;
+    let val_set = SftDataset::load(&args.eval_data, &tokenizer, seq_len, args.skip_bad_lines).context("--eval-data")?;
+    let task_questions = load_questions(&args.eval_data, &tokenizer, seq_len, args.skip_bad_lines, args.eval_questions).context("--eval-data")?;
+    let questions = load_questions(&args.sft_eval_data, &tokenizer, seq_len, args.skip_bad_lines, args.eval_questions).context("--sft-eval-data")?;
+
+    // -----------------------------------------------------------------------
+    // 4. The plan (and --dry-run)
+    // -----------------------------------------------------------------------
+    let plan = Plan::new(train_set.examples.len(), &args.train)?;
+    let tokens = |set: &SftDataset| set.examples.iter().map(|e| e.ids.len()).sum::<usize>();
+    print_plan(counts, tokens(&train_set), tokens(&val_set), &plan, seq_len);
+    println!("adapter:    rank {}, alpha {}, on {:?} of each block", lora.rank, lora.alpha, args.targets);
+    if args.train.dry_run {
+        return Ok(());
+    }
+    let out = args.train.out.clone();
+    start_run(&out, args.train.resume, args.overwrite, &RunConfig { stage: "lora".into(), model: model_cfg.clone(), args: args.clone() }, &tokenizer)?;
+
+    // -----------------------------------------------------------------------
+    // 5. Train (the shared loop; only adapter parameters have gradients)
+    // -----------------------------------------------------------------------
+    let pad = pad_id(&tokenizer);
+    let mut task = SftTask { train: train_set, val: val_set, questions, task_questions, tokenizer, pad_id: pad, max_answer_tokens: args.max_answer_tokens };
+    let stop = train::trainer::stop_on_ctrl_c();
+    let outcome = train::train(model, &mut task, &args.train, device, stop, "LoRA")?;
+
+    // -----------------------------------------------------------------------
+    // 6. Save the adapter alone, and summarise
+    // -----------------------------------------------------------------------
+    let adapter = AdapterConfig { lora, base: args.init.clone(), base_hash: weights_hash(&args.init)? };
+    let adapter_bytes = save_adapter(&out, &outcome.model.valid(), &adapter)?;
+    let base_bytes = std::fs::metadata(checkpoint_dir(&args.init).join("model.mpk"))?.len();
+    println!("trained {counts}; adapter {} KiB vs the full model's {} KiB ({:.1}%)", adapter_bytes / 1024, base_bytes / 1024, 100.0 * adapter_bytes as f64 / base_bytes as f64);
+    let evals: Vec<_> = outcome.log.events.iter().filter(|e| e.split == "val").collect();
+    if let (Some(first), Some(last)) = (evals.first(), evals.last()) {
+        let get = |e: &train::metrics::Event, k: &str| 100.0 * e.extra.get(k).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+        println!("validation loss {:.3} → {:.3}; task accuracy {:.1}% → {:.1}%; SFT answer accuracy {:.1}% → {:.1}% ({:.0} s)", first.loss, last.loss, get(first, "task_accuracy"), get(last, "task_accuracy"), get(first, "answer_accuracy"), get(last, "answer_accuracy"), last.elapsed_s);
+    }
+    Ok(())
+}
+
+/// `lora merge`: base + adapter → a plain model in its own run directory.
+fn merge(args: &MergeArgs) -> Result<()> {
+    type B = model::Cpu;
+    let device = Default::default();
+    let (model_cfg, model, adapter) = load_with_adapter::<B>(&args.base, &args.adapter, &device)?;
+    let merged = model.merge_lora();
+    std::fs::create_dir_all(&args.out).with_context(|| format!("--out {}: cannot create this folder", args.out.display()))?;
+    save_run_config(&args.out, &RunConfig { stage: "lora-merged".into(), model: model_cfg, args: (&args.base, &args.adapter, &adapter.lora) })?;
+    save_checkpoint(&args.out, &merged, Vec::new(), &Default::default())?;
+    let tokenizer = std::fs::read(args.base.join("tokenizer.json")).context("the base run has no tokenizer.json")?;
+    write_atomic(&args.out.join("tokenizer.json"), &tokenizer)?;
+    println!("merged {} into {}: {}", args.adapter.display(), args.base.display(), args.out.display());
+    Ok(())
+}
+
