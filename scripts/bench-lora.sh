@@ -20,5 +20,5 @@ measure() {
 }
 echo "$steps steps, batch 16, on data/lora.jsonl, from runs/sft:"
 measure full-fine-tuning ./target/release/sft --init runs/sft --data data/lora.jsonl --eval-data data/lora_eval.jsonl
-measure lora-rank8-q-v ./target/release/lora --init runs/sft --sft-eval-data ""
+measure lora-rank8-q-v ./target/release/lora --init runs/sft
 rm -rf "$out"

@@ -47,7 +47,7 @@ struct Args {
     /// Held-out pairs: validation loss, reward accuracy and margin.
     #[arg(long, default_value = "data/dpo_eval.jsonl")]
     eval_data: PathBuf,
-    /// Held-out SFT questions, to see whether DPO cost answer accuracy ("" to skip).
+    /// Held-out SFT questions, to see whether DPO cost answer accuracy.
     #[arg(long, default_value = "data/sft_eval.jsonl")]
     sft_eval_data: PathBuf,
     /// SFT questions scored at each evaluation (0 = all).

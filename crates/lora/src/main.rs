@@ -52,7 +52,7 @@ struct Args {
     /// Held-out conversations of the new skill: validation loss, and task accuracy for lines with an "answer".
     #[arg(long, default_value = "data/lora_eval.jsonl")]
     eval_data: PathBuf,
-    /// Held-out SFT questions, to measure what the old skill kept ("" to skip).
+    /// Held-out SFT questions, to measure what the old skill kept.
     #[arg(long, default_value = "data/sft_eval.jsonl")]
     sft_eval_data: PathBuf,
     /// Questions scored per accuracy at each evaluation (0 = all).

@@ -52,9 +52,10 @@ impl FromStr for LoraTarget {
 pub struct LoraConfig {
     /// Inner width of A·B. Higher = more expressive update, more parameters.
     pub rank: usize,
-    /// The update is scaled by alpha/rank, so changing the rank does not
-    /// change the update's size at init-equivalent learning rates: tune alpha
-    /// (or the learning rate) once, then try ranks freely.
+    /// The update is scaled by alpha/rank. With Adam, whose steps have about
+    /// the same size whatever the gradient's scale, this keeps the size of the
+    /// learned update about the same across ranks: tune alpha (or the
+    /// learning rate) once, then try ranks freely.
     pub alpha: f64,
     /// Dropout on the adapter's input only.
     pub dropout: f64,
