@@ -132,7 +132,10 @@ impl<B: Backend> LoraLinear<B> {
     }
 
     /// Freezes the base and attaches a fresh adapter.
+    /// Panics if the layer already has one: replacing it would silently
+    /// throw a trained adapter away (merge it, or load adapters instead).
     pub fn attach(self, cfg: &LoraConfig, device: &B::Device) -> Self {
+        assert!(self.adapter.is_none(), "this layer already has a LoRA adapter: merge it first, or use load_lora_adapters");
         let [d_in, d_out] = self.base.weight.val().dims();
         Self { base: self.base.no_grad(), adapter: Some(LoraAdapter::new(d_in, d_out, cfg, device)) }
     }
