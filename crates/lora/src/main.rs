@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
-use clap::{Args as ClapArgs, CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap::{Args as ClapArgs, Parser, Subcommand};
 use data::sft::{SftDataset, pad_id};
 use data::util::write_atomic;
 use model::count_params;
@@ -79,9 +79,6 @@ struct Args {
     /// Skip (and count) malformed lines instead of stopping at the first.
     #[arg(long)]
     skip_bad_lines: bool,
-    /// Start over even if --out already holds a checkpoint.
-    #[arg(long)]
-    overwrite: bool,
     #[command(flatten)]
     train: TrainArgs,
 }
@@ -120,8 +117,7 @@ const DEFAULTS: &[(&str, &str)] = &[
 ];
 
 fn main() -> std::process::ExitCode {
-    let command = train::args::with_defaults(Args::command(), DEFAULTS);
-    let args = Args::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit());
+    let args: Args = train::args::parse_with_defaults(DEFAULTS);
     train::run::exit_code(match &args.command {
         Some(Command::Merge(merge_args)) => merge(merge_args),
         None => run_on_device!(&args.train.device, run(args.clone())),
@@ -165,7 +161,7 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
         return Ok(());
     }
     let out = args.train.out.clone();
-    start_run(&out, args.train.resume, args.overwrite, &RunConfig { stage: "lora".into(), model: model_cfg.clone(), args: args.clone() }, &tokenizer)?;
+    start_run(&out, args.train.resume, args.train.overwrite, &RunConfig { stage: "lora".into(), model: model_cfg.clone(), args: args.clone() }, &tokenizer)?;
 
     // -----------------------------------------------------------------------
     // 5. Train (the shared loop; only adapter parameters have gradients)

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use burn::tensor::backend::AutodiffBackend;
-use clap::{CommandFactory, FromArgMatches, Parser};
+use clap::Parser;
 use data::prepare::{load_or_train_tokenizer, tokenize_corpus};
 use data::{Corpus, WindowDataset, train_val_split};
 use model::{Gpt, GptConfig, count_params};
@@ -85,9 +85,6 @@ struct Args {
     /// Where tokenizers and token files are cached between runs.
     #[arg(long, default_value = "runs/cache")]
     cache_dir: PathBuf,
-    /// Start over even if --out already holds a checkpoint.
-    #[arg(long)]
-    overwrite: bool,
     #[command(flatten)]
     train: TrainArgs,
 }
@@ -106,8 +103,7 @@ const DEFAULTS: &[(&str, &str)] = &[
 ];
 
 fn main() -> std::process::ExitCode {
-    let command = train::args::with_defaults(Args::command(), DEFAULTS);
-    let args = Args::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit());
+    let args: Args = train::args::parse_with_defaults(DEFAULTS);
     train::run::exit_code(run_on_device!(&args.train.device, run(args.clone())))
 }
 
@@ -163,7 +159,7 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
         return Ok(());
     }
     let out = args.train.out.clone();
-    start_run(&out, args.train.resume, args.overwrite, &RunConfig { stage: "pretrain".into(), model: model_cfg.clone(), args: args.clone() }, &tokenizer)?;
+    start_run(&out, args.train.resume, args.train.overwrite, &RunConfig { stage: "pretrain".into(), model: model_cfg.clone(), args: args.clone() }, &tokenizer)?;
 
     // -----------------------------------------------------------------------
     // 6. Train

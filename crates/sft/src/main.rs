@@ -13,7 +13,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use burn::tensor::backend::AutodiffBackend;
-use clap::{CommandFactory, FromArgMatches, Parser};
+use clap::Parser;
 use data::sft::{SftDataset, pad_id};
 use model::count_params;
 use serde::{Deserialize, Serialize};
@@ -59,9 +59,6 @@ struct Args {
     /// Skip (and count) malformed lines instead of stopping at the first.
     #[arg(long)]
     skip_bad_lines: bool,
-    /// Start over even if --out already holds a checkpoint.
-    #[arg(long)]
-    overwrite: bool,
     #[command(flatten)]
     train: TrainArgs,
 }
@@ -80,8 +77,7 @@ const DEFAULTS: &[(&str, &str)] = &[
 ];
 
 fn main() -> std::process::ExitCode {
-    let command = train::args::with_defaults(Args::command(), DEFAULTS);
-    let args = Args::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit());
+    let args: Args = train::args::parse_with_defaults(DEFAULTS);
     train::run::exit_code(run_on_device!(&args.train.device, run(args.clone())))
 }
 
@@ -120,7 +116,7 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
         return Ok(());
     }
     let out = args.train.out.clone();
-    start_run(&out, args.train.resume, args.overwrite, &RunConfig { stage: "sft".into(), model: model_cfg.clone(), args: args.clone() }, &tokenizer)?;
+    start_run(&out, args.train.resume, args.train.overwrite, &RunConfig { stage: "sft".into(), model: model_cfg.clone(), args: args.clone() }, &tokenizer)?;
 
     // -----------------------------------------------------------------------
     // 5. Train

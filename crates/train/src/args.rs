@@ -74,6 +74,9 @@ pub struct TrainArgs {
     /// Continue from the checkpoint in --out instead of starting over.
     #[arg(long)]
     pub resume: bool,
+    /// Start over even if --out already holds a checkpoint (it is replaced).
+    #[arg(long)]
+    pub overwrite: bool,
     /// Print the plan (model size, tokens, steps) and exit without training.
     #[arg(long)]
     pub dry_run: bool,
@@ -85,6 +88,12 @@ pub fn with_defaults(mut command: Command, defaults: &[(&'static str, &'static s
         command = command.mut_arg(name, |arg| arg.default_value(value).required(false));
     }
     command
+}
+
+/// Parses a stage's command line with that stage's defaults (see `with_defaults`).
+pub fn parse_with_defaults<A: clap::Parser>(defaults: &[(&'static str, &'static str)]) -> A {
+    let command = with_defaults(A::command(), defaults);
+    A::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit())
 }
 
 impl TrainArgs {
