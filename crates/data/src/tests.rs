@@ -15,6 +15,15 @@ fn docs() -> Vec<String> {
     (0..40).map(|i| format!("Town {i} lies by the river. {i} plus 1 is {}.", i + 1)).collect()
 }
 
+/// A corpus file of `docs()` in a fresh folder, and a tokenizer trained on it.
+fn corpus_fixture(name: &str) -> (PathBuf, Corpus, Tokenizer) {
+    let dir = temp_dir(name);
+    let corpus_path = dir.join("corpus.txt");
+    std::fs::write(&corpus_path, docs().join("\n\n")).unwrap();
+    let corpus = Corpus::open(&corpus_path).unwrap();
+    (dir, corpus, Tokenizer::train(docs().into_iter(), 300).unwrap())
+}
+
 #[test]
 fn split_sizes() {
     assert_eq!(train_val_split(1000, 0.1), (0..900, 900..1000));
@@ -36,11 +45,7 @@ fn window_counts() {
 
 #[test]
 fn token_cache_round_trips_and_is_rebuilt_when_the_tokenizer_changes() {
-    let dir = temp_dir("cache");
-    let corpus_path = dir.join("corpus.txt");
-    std::fs::write(&corpus_path, docs().join("\n\n")).unwrap();
-    let corpus = Corpus::open(&corpus_path).unwrap();
-    let tok = Tokenizer::train(docs().into_iter(), 300).unwrap();
+    let (dir, corpus, tok) = corpus_fixture("cache");
     let cache = token_file::cache_path(&dir.join("cache"), &corpus);
 
     let (file, reused) = TokenFile::build_or_load(&corpus, &tok, &cache, |_| {}).unwrap();
@@ -68,11 +73,7 @@ fn token_cache_round_trips_and_is_rebuilt_when_the_tokenizer_changes() {
 
 #[test]
 fn windows_shift_targets_by_one_and_batches_are_row_major() {
-    let dir = temp_dir("windows");
-    let corpus_path = dir.join("c.txt");
-    std::fs::write(&corpus_path, docs().join("\n\n")).unwrap();
-    let corpus = Corpus::open(&corpus_path).unwrap();
-    let tok = Tokenizer::train(docs().into_iter(), 300).unwrap();
+    let (dir, corpus, tok) = corpus_fixture("windows");
     let (file, _) = TokenFile::build_or_load(&corpus, &tok, &dir.join("c"), |_| {}).unwrap();
     let n = file.len();
     let file = Arc::new(file);

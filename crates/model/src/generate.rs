@@ -5,9 +5,10 @@
 //! KV cache and calls it once per new token.
 
 use burn::module::Module;
-use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
+use burn::tensor::backend::Backend;
 
 use crate::Gpt;
+use crate::gpt::int_tensor;
 use crate::kv_cache::KvCache;
 
 /// How to pick the next token.
@@ -131,9 +132,12 @@ pub fn generate<B: Backend>(
                 cache = KvCache::new(model.n_layers());
                 pending = tokens[tokens.len() - (ctx / 2).max(1)..].to_vec();
             }
-            model.forward_cached(ids_tensor(&pending, &device), &mut cache)
+            model.forward_cached(int_tensor(&pending, 1, pending.len(), &device), &mut cache)
         } else {
-            model.forward(ids_tensor(&tokens[tokens.len().saturating_sub(ctx)..], &device))
+            {
+            let window = &tokens[tokens.len().saturating_sub(ctx)..];
+            model.forward(int_tensor(window, 1, window.len(), &device))
+        }
         };
         let [_, seq, vocab] = logits.dims();
         let last: Vec<f32> = logits.narrow(1, seq - 1, 1).reshape([vocab]).into_data().convert::<f32>().to_vec().expect("f32 logits");
@@ -146,12 +150,6 @@ pub fn generate<B: Backend>(
         }
     }
     generated
-}
-
-fn ids_tensor<B: Backend>(ids: &[u32], device: &B::Device) -> Tensor<B, 2, Int> {
-    let len = ids.len();
-    let ids: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
-    Tensor::from_data(TensorData::new(ids, [1, len]), device)
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm, LayerNormConfig, Linear};
-use burn::tensor::{Int, Tensor, backend::Backend};
+use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 
 use crate::block::TransformerBlock;
 use crate::config::GptConfig;
@@ -118,4 +118,10 @@ impl<B: Backend> Gpt<B> {
     pub fn embedding_param_ids(&self) -> Vec<burn::module::ParamId> {
         vec![self.token_emb.weight.id, self.pos_emb.weight.id]
     }
+}
+
+/// Host token ids, row-major `[batch·seq]`, → an int tensor `[batch, seq]` on `device`.
+pub fn int_tensor<B: Backend>(ids: &[u32], batch: usize, seq: usize, device: &B::Device) -> Tensor<B, 2, Int> {
+    let ids: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
+    Tensor::from_data(TensorData::new(ids, [batch, seq]), device)
 }

@@ -97,6 +97,20 @@ pub fn parse_with_defaults<A: clap::Parser>(defaults: &[(&'static str, &'static 
 }
 
 impl TrainArgs {
+    /// Training flags from a list, as on a command line; a later flag
+    /// overrides an earlier one. For tests and notebooks.
+    pub fn from_flags(flags: &[&str]) -> Self {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            train: TrainArgs,
+        }
+        use clap::{CommandFactory, FromArgMatches};
+        let argv = std::iter::once("train").chain(flags.iter().copied());
+        let matches = Cli::command().args_override_self(true).get_matches_from(argv);
+        Cli::from_arg_matches(&matches).expect("flags parsed above").train
+    }
+
     /// Checks the numbers make sense together, naming the flag at fault.
     pub fn validate(&self) -> anyhow::Result<()> {
         let positive = [("--batch-size", self.batch_size), ("--grad-accum", self.grad_accum), ("--eval-interval", self.eval_interval), ("--log-interval", self.log_interval), ("--save-interval", self.save_interval)];

@@ -159,7 +159,6 @@ mod tests {
     use std::sync::atomic::AtomicBool;
 
     use burn::module::AutodiffModule;
-    use clap::{CommandFactory, FromArgMatches, Parser};
     use data::chat::{Message, Role, tokenize_conversation};
     use model::{Cpu, CpuTrain, GptConfig};
 
@@ -196,15 +195,10 @@ mod tests {
         let mut task = DpoTask::new(set.clone(), set, reference, device, 0.5, 0.0, pad, tok);
         task.precompute_reference(2);
 
-        #[derive(Parser)]
-        struct Cli {
-            #[command(flatten)]
-            train: TrainArgs,
-        }
         let out = std::env::temp_dir().join(format!("minigpt-dpo-run-{}", std::process::id()));
         std::fs::remove_dir_all(&out).ok();
-        let argv = ["t", "--out", out.to_str().unwrap(), "--batch-size", "3", "--max-steps", "30", "--lr", "2e-3", "--eval-interval", "30", "--log-interval", "5"];
-        let args = Cli::from_arg_matches(&Cli::command().get_matches_from(argv)).unwrap().train;
+        let flags = ["--out", out.to_str().unwrap(), "--batch-size", "3", "--max-steps", "30", "--lr", "2e-3", "--eval-interval", "30", "--log-interval", "5"];
+        let args = TrainArgs::from_flags(&flags);
         let outcome = crate::train(policy, &mut task, &args, &device, Arc::new(AtomicBool::new(false)), "t").unwrap();
 
         let vals: Vec<_> = outcome.log.events.iter().filter(|e| e.split == "val").collect();

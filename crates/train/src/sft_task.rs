@@ -112,7 +112,6 @@ mod tests {
     use std::sync::atomic::AtomicBool;
 
     use burn::module::AutodiffModule;
-    use clap::{CommandFactory, FromArgMatches, Parser};
     use data::chat::{Role, tokenize_conversation};
     use model::{CpuTrain, GptConfig};
 
@@ -135,15 +134,10 @@ mod tests {
         let pad = tok.token_id(data::tokenizer::PAD).unwrap();
         let mut task = SftTask { train: set.clone(), val: set, questions: examples, task_questions: Vec::new(), tokenizer: tok.clone(), pad_id: pad, max_answer_tokens: 12 };
 
-        #[derive(Parser)]
-        struct Cli {
-            #[command(flatten)]
-            train: TrainArgs,
-        }
         let out = std::env::temp_dir().join(format!("minigpt-sft-run-{}", std::process::id()));
         std::fs::remove_dir_all(&out).ok();
-        let argv = ["t", "--out", out.to_str().unwrap(), "--batch-size", "4", "--max-steps", "150", "--lr", "3e-3", "--warmup-steps", "5", "--eval-interval", "150", "--weight-decay", "0"];
-        let args = Cli::from_arg_matches(&Cli::command().get_matches_from(argv)).unwrap().train;
+        let flags = ["--out", out.to_str().unwrap(), "--batch-size", "4", "--max-steps", "150", "--lr", "3e-3", "--warmup-steps", "5", "--eval-interval", "150", "--weight-decay", "0"];
+        let args = TrainArgs::from_flags(&flags);
         let cfg = GptConfig::tiny(tok.vocab_size()).with_d_model(64).with_n_layers(2).with_context_length(64).with_dropout(0.0);
         let model = Gpt::<CpuTrain>::new(&cfg, &Default::default());
         let outcome = crate::train(model, &mut task, &args, &Default::default(), Arc::new(AtomicBool::new(false)), "t").unwrap();

@@ -1,6 +1,6 @@
 //! What a stage plugs into the shared loop: its batches and its loss.
 
-use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
+use burn::tensor::{Tensor, backend::Backend};
 use model::Gpt;
 
 /// A training task. Pretraining, SFT and DPO each implement this; the loop
@@ -38,11 +38,8 @@ pub trait Task {
     }
 }
 
-/// Host ids `[batch·seq]` → an int tensor `[batch, seq]` on `device`.
-pub fn int_tensor<B: Backend>(ids: &[u32], batch: usize, seq: usize, device: &B::Device) -> Tensor<B, 2, Int> {
-    let ids: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
-    Tensor::from_data(TensorData::new(ids, [batch, seq]), device)
-}
+/// Ids → tensor, as the stages' losses need it.
+pub use model::gpt::int_tensor;
 
 /// Next-token prediction on sliding windows of a token stream.
 pub struct PretrainTask {

@@ -9,7 +9,6 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData, Tolerance};
-use clap::{CommandFactory, FromArgMatches, Parser};
 use model::{CpuTrain, Gpt, GptConfig};
 
 use crate::metrics::Event;
@@ -92,16 +91,9 @@ fn out_dir(name: &str) -> PathBuf {
 }
 
 fn args(out: &std::path::Path, extra: &[&str]) -> TrainArgs {
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        train: TrainArgs,
-    }
-    let mut argv = vec!["test", "--out", out.to_str().unwrap(), "--batch-size", "4", "--lr", "3e-3", "--warmup-steps", "2", "--log-interval", "1", "--eval-interval", "5", "--eval-batches", "2"];
-    argv.extend(extra);
-    // Later flags override earlier ones, so tests can change the defaults above.
-    let matches = Cli::command().args_override_self(true).get_matches_from(argv);
-    Cli::from_arg_matches(&matches).unwrap().train
+    let mut flags = vec!["--out", out.to_str().unwrap(), "--batch-size", "4", "--lr", "3e-3", "--warmup-steps", "2", "--log-interval", "1", "--eval-interval", "5", "--eval-batches", "2"];
+    flags.extend(extra);
+    TrainArgs::from_flags(&flags)
 }
 
 fn tiny_model() -> Gpt<CpuTrain> {
