@@ -61,7 +61,7 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> Optim<B, M> {
 
     /// Applies one update with learning rate `lr`.
     pub fn step(&mut self, lr: f64, model: M, grads: GradientsParams) -> M {
-        let (with_decay, without) = split(model.clone(), grads, &self.decayed);
+        let (with_decay, without) = split(&model, grads, &self.decayed);
         match &mut self.pair {
             Pair::Adamw(a, b) => b.step(lr, a.step(lr, model, with_decay), without),
             Pair::Sgd(a, b) => b.step(lr, a.step(lr, model, with_decay), without),
@@ -112,7 +112,7 @@ fn matrices<B: AutodiffBackend, M: Module<B>>(model: &M) -> Vec<ParamId> {
 
 /// Moves the gradients of non-decayed parameters into a second set.
 fn split<B: AutodiffBackend, M: Module<B>>(
-    model: M,
+    model: &M,
     mut grads: GradientsParams,
     decayed: &HashSet<ParamId>,
 ) -> (GradientsParams, GradientsParams) {
