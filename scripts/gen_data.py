@@ -6,7 +6,7 @@ hand-written templates, so no outside data is needed. Outputs (in --out DIR):
 
   corpus.txt                  pretraining text, documents separated by one blank line
   sft.jsonl / sft_eval.jsonl  chat data for supervised fine-tuning (+ held-out eval)
-  lora.jsonl / lora_eval.jsonl  a new skill: facts of a new region, answers start "[Atlas] "
+  lora.jsonl / lora_eval.jsonl  a new skill: a persona whose replies open with a fixed phrase
   dpo.jsonl / dpo_eval.jsonl  preference pairs (chosen vs rejected answer)
 
 Usage:  python3 scripts/gen_data.py [--seed 1234] [--out data] [--check]
@@ -19,13 +19,20 @@ import re
 import random
 
 SEED = 1234
-CORPUS_TARGET_BYTES = 2_000_000
-N_SFT, N_LORA, N_LORA_EVAL = 3500, 800, 100
-N_DPO, N_DPO_EVAL = 1500, 150
+# Sizes are set so the whole default pipeline trains in under ten minutes on
+# two CPU cores, and the world is small enough (12 towns, 20 people) that a
+# 1.3M-parameter model sees each fact in pretraining often enough to learn it.
+CORPUS_TARGET_BYTES = 1_600_000
+N_TOWNS, N_HELD_TOWNS, N_PEOPLE, N_HELD_PEOPLE = 12, 2, 20, 4
+N_SFT, N_SFT_EVAL_ZH, N_SFT_EVAL_ARITH = 2500, 20, 20
+N_LORA, N_LORA_EVAL = 600, 100
+# The LoRA persona opens every reply with this phrase. Its words are common in
+# corpus.txt, so their embeddings are trained (LoRA leaves embeddings frozen).
+PERSONA = {"en": "Here is the answer. ", "zh": "回答："}
+N_DPO, N_DPO_EVAL = 1000, 150
 ZH_SHARE = 0.23                      # share of Chinese documents in corpus.txt
 ZH_CHAT = 0.25                       # share of Chinese conversations in the chat files
 SYSTEM = {"en": "You are a helpful assistant.", "zh": "你是一个乐于助人的助手。"}
-ATLAS = "[Atlas] "                   # fixed prefix of every LoRA answer
 
 # ---------------------------------------------------------------------------
 # 1. Name syllables: (Latin spelling, fixed Chinese transliteration).
@@ -45,11 +52,6 @@ PERSON_B = [("ra", "拉"), ("lo", "洛"), ("ben", "本"), ("na", "娜"), ("rin",
 WATER_A = [("Tes", "特斯"), ("Am", "阿姆"), ("Dor", "多尔"), ("Bel", "贝尔"), ("Kor", "科尔"), ("Gil", "吉尔"),
            ("Jor", "约尔"), ("Mab", "马布"), ("Nor", "诺尔"), ("Syl", "西尔")]
 WATER_B = [("wen", "温"), ("ath", "阿斯"), ("ul", "乌尔"), ("ys", "伊斯"), ("on", "昂"), ("ek", "埃克")]
-# The new region uses its own syllables and rare characters, so its names can
-# never appear by accident in the pretraining corpus or the SFT data.
-NEW_A = [("Quor", "奎"), ("Zan", "昝"), ("Yel", "岑"), ("Xan", "冼"), ("Vosh", "沃"), ("Thra", "瑟"),
-         ("Ova", "欧"), ("Zeph", "泽")]
-NEW_B = [("ith", "琦"), ("ova", "娃"), ("ux", "旭"), ("ire", "蕾"), ("esh", "笙"), ("ane", "璐")]
 
 # Attribute vocabularies: (English, Chinese).
 REGIONS = [("north", "北部"), ("south", "南部"), ("east", "东部"), ("west", "西部"), ("centre", "中部")]
@@ -132,19 +134,6 @@ ASK = {
         "home": ["{p}住在哪里？"], "food": ["{p}最喜欢吃什么？"], "colour": ["{p}最喜欢什么颜色？"],
         "friend": ["{p}最好的朋友是谁？"],
     },
-}
-# Held-out phrasings, used ONLY in lora_eval.jsonl (new-region town facts).
-ASK_NEW = {
-    "en": {"pop": ["Roughly how big is the population of {t}?", "About how many residents does {t} have?"],
-           "year": ["Tell me the founding year of {t}.", "Since which year has {t} existed?"],
-           "product": ["What does {t} mostly produce?", "What do the people of {t} make or sell?"],
-           "river": ["Name the river that runs by {t}.", "By which river was {t} built?"],
-           "mountain": ["Name the mountain that stands over {t}.", "Below which mountain does {t} lie?"],
-           "neighbour": ["Name a town that borders {t}.", "If I leave {t}, which neighbour town can I walk to?"],
-           "mayor": ["Tell me who runs {t} as mayor.", "What is the name of the mayor in {t}?"]},
-    "zh": {"pop": ["住在{t}的大概有多少人？"], "year": ["请告诉我{t}建立的年份。"], "product": ["{t}主要出产什么？"],
-           "river": ["流经{t}的是哪条河？"], "mountain": ["{t}旁边的山叫什么名字？"],
-           "neighbour": ["和{t}挨着的是哪个镇？"], "mayor": ["{t}现在由哪位镇长管理？"]},
 }
 # Which template field holds the key fact of each kind.
 KEY_FIELD = {"region": "region", "pop": "pop", "year": "year", "product": "product", "river": "river",
@@ -306,33 +295,28 @@ def pair_up(rng, items, key):
 
 
 def build_world(seed):
-    """Build all towns and people. Groups: 'core' (pretraining + SFT),
-    'heldout' (in pretraining prose, questions only in sft_eval) and 'new'
-    (a new region used only by the LoRA files)."""
+    """Build all towns and people. Groups: 'core' (pretraining + SFT) and
+    'heldout' (in pretraining prose, questions only in sft_eval)."""
     rng = random.Random(seed)
     taken = []
-    old_towns = make_names(rng, TOWN_A, TOWN_B, 36, taken)
-    new_towns = make_names(rng, NEW_A, NEW_B, 8, taken)
-    old_lands = make_names(rng, WATER_A, WATER_B, 36, taken)
-    new_lands = make_names(rng, NEW_A, NEW_B, 8, taken)
-    old_mayors = make_names(rng, PERSON_A, PERSON_B, 36, taken)
-    new_mayors = make_names(rng, NEW_A, NEW_B, 8, taken)
-    people = make_names(rng, PERSON_A, PERSON_B, 60, taken)
-    towns = old_towns + new_towns
+    towns = make_names(rng, TOWN_A, TOWN_B, N_TOWNS, taken)
+    lands = make_names(rng, WATER_A, WATER_B, N_TOWNS, taken)
+    mayors = make_names(rng, PERSON_A, PERSON_B, N_TOWNS, taken)
+    people = make_names(rng, PERSON_A, PERSON_B, N_PEOPLE, taken)
     for i, t in enumerate(towns):
-        t["group"] = "core" if i < 30 else ("heldout" if i < 36 else "new")
+        t["group"] = "core" if i < N_TOWNS - N_HELD_TOWNS else "heldout"
         t["region"] = rng.randrange(len(REGIONS))
         t["pop"] = rng.randrange(8, 96) * 100
         t["year"] = rng.randint(1150, 1890)
         t["product"] = rng.randrange(len(PRODUCTS))
-        t["land"] = (old_lands + new_lands)[i]
+        t["land"] = lands[i]
         t["land_kind"] = rng.choice(["river", "river", "mountain"])
-        t["mayor"] = (old_mayors + new_mayors)[i]
-    for group in ["core", "heldout", "new"]:          # neighbours stay inside their group
+        t["mayor"] = mayors[i]
+    for group in ["core", "heldout"]:                 # neighbours stay inside their group
         pair_up(rng, [t for t in towns if t["group"] == group], "nb")
-    for i, p in enumerate(people):                    # 50 core people, 10 in held-out towns
-        p["group"] = "core" if i < 50 else "heldout"
-        p["home"] = rng.choice([t for t in old_towns if t["group"] == p["group"]])
+    for i, p in enumerate(people):                    # the last few people live in held-out towns
+        p["group"] = "core" if i < N_PEOPLE - N_HELD_PEOPLE else "heldout"
+        p["home"] = rng.choice([t for t in towns if t["group"] == p["group"]])
         p["age"] = rng.randint(18, 79)
         p["job"] = rng.randrange(len(JOBS))
         p["food"] = rng.randrange(len(FOODS))
@@ -365,8 +349,7 @@ def fields(ent, lang):
 def facts_of(ent):
     """List of (kind, entity) facts for a town or a person."""
     if "pop" in ent:
-        return [(ent["land_kind"] if k == "land" else k, ent) for k in TOWN_KINDS
-                if not (ent["group"] == "new" and k == "region")]   # the new region has no region fact
+        return [(ent["land_kind"] if k == "land" else k, ent) for k in TOWN_KINDS]
     return [(k, ent) for k in PERSON_KINDS]
 
 
@@ -409,7 +392,7 @@ def arith_fmt(template, tr, lang, c=None):
 # ---------------------------------------------------------------------------
 def corpus_docs(world, rng):
     """Yield documents (one paragraph, no newlines) until the byte target is reached."""
-    old_towns = [t for t in world["towns"] if t["group"] != "new"]
+    old_towns = world["towns"]
     people = world["people"]
     triples = arith_triples()
     join = {"en": " ", "zh": ""}
@@ -526,14 +509,14 @@ def make_sft(world, rng):
     held_facts = [f for e in world["towns"] + world["people"] if e["group"] == "heldout" for f in facts_of(e)]
     triples = arith_triples()
     rng.shuffle(triples)
-    held_arith, train_arith = triples[:40], triples[40:]
+    held_arith, train_arith = triples[:N_SFT_EVAL_ARITH], triples[N_SFT_EVAL_ARITH:]
     pools = [by_lang(fact_qas(core_facts, ASK)), by_lang(arith_qas(train_arith)), by_lang(concept_qas())]
     sft = sample_chats(rng, pools, [0.60, 0.25, 0.15], N_SFT)
-    # Eval: every held-out fact asked once in English, 60 of them also in Chinese, plus 40 held-out sums.
+    # Eval: every held-out fact asked once in English, some also in Chinese, plus held-out sums.
     ev = []
     for fact in held_facts:
         ev.append(rng.choice(by_lang(fact_qas([fact], ASK))["en"]))
-    for fact in rng.sample(held_facts, 60):
+    for fact in rng.sample(held_facts, N_SFT_EVAL_ZH):
         ev.append(rng.choice(by_lang(fact_qas([fact], ASK))["zh"]))
     for tr in held_arith:
         lang = "zh" if rng.random() < ZH_CHAT else "en"
@@ -543,14 +526,25 @@ def make_sft(world, rng):
 
 
 def make_lora(world, rng):
-    new_facts = [f for t in world["towns"] if t["group"] == "new" for f in facts_of(t)]
-    pool = by_lang(fact_qas(new_facts, ASK, ATLAS))
-    train = sample_chats(rng, [pool], [1.0], N_LORA, multi=0.05)
-    held = by_lang(fact_qas(new_facts, ASK_NEW, ATLAS))      # phrasings never seen in training
+    """The new skill, a persona: the same kind of questions as SFT, but every
+    reply opens with a fixed phrase. The SFT model never does this, so its
+    task accuracy starts at 0. Eval questions never appear in lora.jsonl."""
+    facts = [f for e in world["towns"] + world["people"] if e["group"] == "core" for f in facts_of(e)]
+    items = fact_qas(facts, ASK)
+    items = [(lang, q, PERSONA[lang] + a, key, fact) for lang, q, a, key, fact in items]
+    rng.shuffle(items)
+    pool = by_lang(items)
     n_zh = N_LORA_EVAL // 4
-    ev = rng.sample(held["en"], N_LORA_EVAL - n_zh) + rng.sample(held["zh"], n_zh)
+    held = pool["en"][:N_LORA_EVAL - n_zh] + pool["zh"][:n_zh]
+    train_pool = {"en": pool["en"][N_LORA_EVAL - n_zh:], "zh": pool["zh"][n_zh:]}
+    train = sample_chats(rng, [train_pool], [1.0], N_LORA, multi=0.05)
+    ev = []
+    for lang, q, a, key, fact in held:
+        line = conv([(q, a)], lang)
+        line["answer"] = PERSONA[lang].strip()
+        ev.append(line)
     rng.shuffle(ev)
-    return train, [eval_line(it) for it in ev]
+    return train, ev
 
 
 def wrong_value(rng, fact, lang, others):
@@ -571,7 +565,7 @@ def rejected_answer(rng, it, others):
     lang, q, good, key, fact = it
     other = "zh" if lang == "en" else "en"
     end = "." if lang == "en" else "。"
-    style = rng.choice(["wrong", "wrong", "ramble", "noperiod", "language", "bare"])
+    style = rng.choice(["wrong", "wrong", "ramble", "language", "bare"])
     if style == "wrong":
         if fact[0] in OPS:
             return arith_fmt(ARITH_STATE[lang][0], fact, lang, c=wrong_value(rng, fact, lang, others))
@@ -579,8 +573,6 @@ def rejected_answer(rng, it, others):
     if style == "ramble":
         sep, filler = (" ", " and") if lang == "en" else ("，", "，然后")
         return good.rstrip(end) + (sep + key) * rng.randint(2, 4) + filler * rng.randint(2, 4)
-    if style == "noperiod":
-        return good.rstrip(end)
     if style == "language":
         if fact[0] in OPS:
             return arith_fmt(ARITH_STATE[other][0], fact, other)
@@ -676,9 +668,9 @@ def check(seed, out):
                 last = row["conversations"][-1]["content"]
                 if name.endswith("eval") and not (row.get("answer") and row["answer"] in last):
                     err(f"{where}: eval 'answer' missing or not in the assistant reply")
-                if name.startswith("lora") and not all(m["content"].startswith(ATLAS)
+                if name.startswith("lora") and not all(m["content"].startswith(tuple(PERSONA.values()))
                                                         for m in row["conversations"] if m["role"] == "assistant"):
-                    err(f"{where}: LoRA answer without the {ATLAS!r} prefix")
+                    err(f"{where}: LoRA reply without the persona's opening phrase")
             rows.append(row)
         data[name] = rows
 
@@ -694,16 +686,12 @@ def check(seed, out):
     # Names that must be absent from some files (English: whole words; Chinese: any substring).
     def names(group):
         towns = [t for t in world["towns"] if t["group"] == group]
-        ents = towns + [t["mayor"] for t in towns] + [p for p in world["people"] if p["group"] == group]
-        if group == "new":
-            ents += [t["land"] for t in towns]
-        return ents
+        return towns + [t["mayor"] for t in towns] + [p for p in world["people"] if p["group"] == group]
 
     corpus = read("corpus.txt")
     texts = {n: read(n + ".jsonl") for n in data}
     texts["corpus.txt"] = corpus
-    rules = [("heldout", ["sft", "dpo", "dpo_eval"]),
-             ("new", ["corpus.txt", "sft", "sft_eval", "dpo", "dpo_eval"])]
+    rules = [("heldout", ["sft", "dpo", "dpo_eval", "lora", "lora_eval"])]
     for group, files in rules:
         for ent in names(group):
             for fname in files:

@@ -24,4 +24,4 @@ stage lora     ./target/release/lora --overwrite
 stage dpo      ./target/release/dpo --overwrite
 echo "=== chat"
 ./target/release/chat --model runs/dpo --prompt "What is 3 plus 4?" --temperature 0
-./target/release/chat --model runs/sft --adapter runs/lora --prompt "Tell me the founding year of Yelire." --temperature 0
+./target/release/chat --model runs/sft --adapter runs/lora --prompt "What is the age of Besa?" --temperature 0

@@ -75,7 +75,8 @@ struct Args {
     /// Plain text completion even for a fine-tuned model (no chat template).
     #[arg(long)]
     raw: bool,
-    /// Where to run: cpu, or cuda / cuda:N (needs a build with --features cuda).
+    /// Where to run: `cpu` (burn's ndarray backend), `flex` (burn's faster flex CPU backend;
+    /// needs a build with `--features flex`), or `cuda` / `cuda:N` (needs `--features cuda`).
     #[arg(long, default_value = "cpu")]
     device: String,
 }

@@ -104,12 +104,15 @@ struct MergeArgs {
 
 /// Adapter defaults: a larger rate than full fine-tuning suits the small,
 /// zero-started update; no weight decay on it; a few passes over the data.
+/// 6e-3 is above the 1e-4..1e-3 usual for large models: on the tiny default
+/// model, rank 8 on q,v learned none of the persona in 111 steps at 2e-3
+/// (task accuracy 0%) and 73% at 6e-3 (measured).
 const DEFAULTS: &[(&str, &str)] = &[
     ("out", "runs/lora"),
     ("epochs", "3"),
     ("batch_size", "16"),
-    ("lr", "2e-3"),
-    ("min_lr", "2e-4"),
+    ("lr", "6e-3"),
+    ("min_lr", "6e-4"),
     ("warmup_steps", "10"),
     ("weight_decay", "0.0"),
     ("eval_interval", "75"),

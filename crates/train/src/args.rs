@@ -16,7 +16,8 @@ pub struct TrainArgs {
     /// Directory for checkpoints, config.json, metrics.jsonl and loss curves.
     #[arg(long)]
     pub out: PathBuf,
-    /// Where to train: `cpu`, or `cuda` / `cuda:N` (needs a build with `--features cuda`).
+    /// Where to train: `cpu` (burn's ndarray backend), `flex` (burn's faster flex CPU backend;
+    /// needs a build with `--features flex`), or `cuda` / `cuda:N` (needs `--features cuda`).
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Passes over the training data. One epoch = (examples / batch size / grad accum) optimizer steps.

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Training throughput of this project's CPU backends beside PyTorch's, on the
+# same model shapes, the same cores and the same thread count, in one run.
+#
+#   bash scripts/bench-vs-pytorch.sh            # 2 threads, pinned to cores 0-1
+#   bash scripts/bench-vs-pytorch.sh 4          # 4 threads
+#
+# PyTorch side: the reference script `torch_gpt_bench.py` (its `run` function
+# is called with each shape below). Point TORCH_BENCH at it and PYTHON at an
+# interpreter with torch installed; without them only this project's numbers
+# are printed. Each line is a JSON record; the table at the end gives
+# tokens/s and the ratio ours / PyTorch.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+THREADS="${1:-2}"
+PYTHON="${PYTHON:-python3}"
+TORCH_BENCH="${TORCH_BENCH:-../shared/bench/torch_gpt_bench.py}"
+STEPS_TINY="${STEPS_TINY:-20}"
+STEPS_MINI="${STEPS_MINI:-3}"
+CORES="0-$((THREADS - 1))"
+export RAYON_NUM_THREADS="$THREADS"
+
+cargo build --release -q -p bench --features flex
+out="$(mktemp)"
+trap 'rm -f "$out"' EXIT
+
+# name vocab ctx d_model layers heads batch steps
+SHAPES=(
+  "tiny 4096 128 128 4 4 8 $STEPS_TINY"
+  "mini 6400 512 512 8 8 4 $STEPS_MINI"
+)
+
+have_torch=0
+if [ -f "$TORCH_BENCH" ] && "$PYTHON" -c "import torch" 2>/dev/null; then
+  have_torch=1
+else
+  echo "note: no PyTorch reference (TORCH_BENCH=$TORCH_BENCH, PYTHON=$PYTHON); measuring this project only" >&2
+fi
+
+for shape in "${SHAPES[@]}"; do
+  read -r name vocab ctx d layers heads batch steps <<<"$shape"
+  for device in cpu flex; do
+    taskset -c "$CORES" ./target/release/bench --device "$device" --preset "$name" --vocab "$vocab" --ctx "$ctx" \
+      --d-model "$d" --layers "$layers" --heads "$heads" --batch "$batch" --steps "$steps" | tee -a "$out"
+  done
+  if [ "$have_torch" = 1 ]; then
+    taskset -c "$CORES" "$PYTHON" - "$TORCH_BENCH" "$THREADS" "$name" "$vocab" "$ctx" "$d" "$layers" "$heads" "$batch" "$steps" <<'EOF' | tee -a "$out"
+import importlib.util, sys
+path, threads, name, *dims = sys.argv[1:]
+vocab, ctx, d, layers, heads, batch, steps = map(int, dims)
+spec = importlib.util.spec_from_file_location("ref", path)
+ref = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(ref)
+ref.torch.set_num_threads(int(threads))
+ref.run(name + "-torch", vocab, ctx, d, layers, heads, batch, "fp32", False, steps=steps, warm=2, device="cpu")
+EOF
+  fi
+done
+
+"$PYTHON" - "$out" "$THREADS" <<'EOF'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+torch = {r["name"].removesuffix("-torch"): r for r in rows if r["name"].endswith("-torch")}
+print(f"\n{sys.argv[2]} threads | shape | backend | step ms | tokens/s | vs PyTorch")
+for r in rows:
+    if r["name"].endswith("-torch"):
+        continue
+    ref = torch.get(r["name"])
+    ratio = f"{r['tokens_per_s'] / ref['tokens_per_s']:.2f}x" if ref else "-"
+    print(f"| {r['name']} | {r['backend']} | {r['step_ms']:.0f} | {r['tokens_per_s']:,.0f} | {ratio} |")
+for name, r in torch.items():
+    print(f"| {name} | pytorch {r.get('dtype')} | {r['step_ms']:.0f} | {r['tokens_per_s']:,.0f} | 1.00x |")
+EOF
