@@ -9,7 +9,8 @@ use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::corpus::Corpus;
-use crate::token_file::{TokenFile, cache_path};
+use crate::token_file::{TokenFile, cache_path, fingerprint};
+use crate::util::fnv1a;
 use crate::tokenizer::Tokenizer;
 
 /// BPE training reads at most this much text: merges learned from a few
@@ -17,13 +18,15 @@ use crate::tokenizer::Tokenizer;
 const TOKENIZER_TRAIN_BYTES: usize = 256 << 20;
 
 /// Loads the tokenizer at `path` if given, else the one cached for this
-/// corpus and vocabulary size, else trains one on the corpus and caches it.
+/// corpus (as it is now: an edited corpus gets a new tokenizer) and
+/// vocabulary size, else trains one on the corpus and caches it.
 /// Returns the tokenizer and whether it was trained just now.
 pub fn load_or_train_tokenizer(path: Option<&Path>, corpus: &Corpus, vocab_size: usize, cache_dir: &Path) -> Result<(Tokenizer, bool)> {
     if let Some(path) = path {
         return Ok((Tokenizer::load(path).context("--tokenizer")?, false));
     }
-    let cached = cache_path(cache_dir, corpus).with_extension(format!("bpe{vocab_size}.json"));
+    let contents = fnv1a(fingerprint(corpus)?.as_bytes()) as u32;
+    let cached = cache_path(cache_dir, corpus).with_extension(format!("{contents:08x}.bpe{vocab_size}.json"));
     if let Ok(tok) = Tokenizer::load(&cached) {
         return Ok((tok, false));
     }

@@ -100,3 +100,19 @@ fn windows_shift_targets_by_one_and_batches_are_row_major() {
     assert_eq!(ds.clone().subset(5, 1).batch(&[0, 1, 2, 3, 4]), sub.batch(&[0, 1, 2, 3, 4]));
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[test]
+fn the_cached_tokenizer_is_reused_until_the_corpus_changes() {
+    let (dir, _, _) = corpus_fixture("tokcache");
+    let corpus_path = dir.join("corpus.txt");
+    let cache = dir.join("cache");
+    let load = || crate::prepare::load_or_train_tokenizer(None, &Corpus::open(&corpus_path).unwrap(), 300, &cache).unwrap().1;
+    assert!(load(), "first use trains");
+    assert!(!load(), "second use loads the cached one");
+    // An edited corpus (here: one more document, so its size changes) must
+    // not be tokenized with the tokenizer learned from the old text.
+    let mut text = std::fs::read_to_string(&corpus_path).unwrap();
+    text.push_str("\n\nA new document about rivers and mountains.");
+    std::fs::write(&corpus_path, text).unwrap();
+    assert!(load(), "a changed corpus trains a new tokenizer");
+}

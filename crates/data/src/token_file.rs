@@ -154,7 +154,9 @@ pub fn cache_path(cache_dir: &Path, corpus: &Corpus) -> PathBuf {
     cache_dir.join(format!("{stem}-{:08x}", fnv1a(names.join("\n").as_bytes()) as u32))
 }
 
-fn fingerprint(corpus: &Corpus) -> Result<String> {
+/// What identifies the corpus's contents cheaply: each file's path, size and
+/// modification time.
+pub(crate) fn fingerprint(corpus: &Corpus) -> Result<String> {
     let mut parts = Vec::new();
     for f in &corpus.files {
         let meta = std::fs::metadata(f)?;

@@ -54,9 +54,10 @@ struct Args {
     #[arg(long, default_value_t = 100)]
     eval_questions: usize,
     /// β: how far the policy may move from the reference. Small β lets it
-    /// drift far to satisfy the preferences; large β keeps it close. The DPO
-    /// paper's 0.1 made the tiny default model collapse to replying "." (the
-    /// likelihood of every answer fell); 0.5 keeps its answers intact.
+    /// drift far to satisfy the preferences; large β keeps it close. Above
+    /// the DPO paper's 0.1 because the tiny default model collapsed there to
+    /// replying "." (the likelihood of every answer fell). It is fragile at
+    /// 0.5 too: some runs keep their answers, others also end up replying ".".
     #[arg(long, default_value_t = 0.5)]
     beta: f64,
     /// Conservative DPO: assume each preference label is wrong with this probability.

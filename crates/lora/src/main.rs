@@ -106,10 +106,11 @@ struct MergeArgs {
 /// zero-started update; no weight decay on it; a few passes over the data.
 /// 6e-3 is above the 1e-4..1e-3 usual for large models: on the tiny default
 /// model, rank 8 on q,v learned none of the persona in 111 steps at 2e-3
-/// (task accuracy 0%) and 73% at 6e-3 (measured).
+/// (task accuracy 0%) and 73% at 6e-3 (measured); six epochs rather than
+/// three took it from 18% to 62% on a freshly tokenized corpus.
 const DEFAULTS: &[(&str, &str)] = &[
     ("out", "runs/lora"),
-    ("epochs", "3"),
+    ("epochs", "6"),
     ("batch_size", "16"),
     ("lr", "6e-3"),
     ("min_lr", "6e-4"),
