@@ -87,17 +87,17 @@ impl<B: Backend> MultiHeadAttention<B> {
     /// queries `[b, h, q, hd]`, keys/values `[b, h, k, hd]` with k ≥ q (the
     /// last q keys belong to the queries' own positions).
     pub fn plain_attention(&self, queries: Tensor<B, 4>, keys: Tensor<B, 4>, values: Tensor<B, 4>) -> Tensor<B, 4> {
-        let [_batch, _heads, n_q, head_dim] = queries.dims();
+        let [_, _, n_q, head_dim] = queries.dims();
         let n_k = keys.dims()[2];
-        let queries_device = queries.device();
         // [b, h, q, hd] · [b, h, hd, k] → [b, h, q, k]: one score per (query, key) pair.
         let scores = queries.matmul(keys.swap_dims(2, 3)) / (head_dim as f64).sqrt();
         // Dividing by √head_dim keeps the scores' variance near 1 whatever the
         // head width, so softmax does not saturate into a one-hot at init.
         // Adding -inf hides the future: exp(-inf) = 0 in the softmax. The
-        // bias is [1, 1, q, k] and broadcasts over batch and heads, which is
-        // cheaper than filling a [b, h, q, k] copy of the mask.
-        let scores = scores + causal_bias::<B>(n_q, n_k, &queries_device);
+        // bias is [1, 1, q, k] and broadcasts over batch and heads, so no
+        // [b, h, q, k] copy of the mask is made.
+        let bias = causal_bias::<B>(n_q, n_k, &scores.device());
+        let scores = scores + bias;
         let attn_weights = self.attn_dropout.forward(softmax(scores, 3)); // rows sum to 1
         attn_weights.matmul(values) // [b, h, q, k] · [b, h, k, hd] → [b, h, q, hd]
     }
