@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 use burn::optim::GradientsParams;
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use model::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, ElementConversion, Int, Tensor};
 use clap::Parser;
 use model::{Gpt, GptConfig};

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use model::{AutodiffBackend, Backend};
 use clap::Parser;
 use data::Tokenizer;
 use data::util::SplitMix64;

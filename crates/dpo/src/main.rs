@@ -15,7 +15,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use burn::module::AutodiffModule;
-use burn::tensor::backend::AutodiffBackend;
+use model::AutodiffBackend;
 use clap::Parser;
 use data::dpo::DpoDataset;
 use data::sft::pad_id;

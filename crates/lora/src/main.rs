@@ -16,7 +16,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use burn::module::AutodiffModule;
-use burn::tensor::backend::AutodiffBackend;
+use model::AutodiffBackend;
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use data::sft::{SftDataset, pad_id};
 use data::util::write_atomic;

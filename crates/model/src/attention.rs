@@ -8,10 +8,10 @@
 
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig};
-use burn::tensor::activation::softmax;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bool, Int, Tensor, backend::Backend};
+use burn::tensor::{Bool, Int, Tensor};
+use crate::{Backend, kernels};
 
 use crate::config::GptConfig;
 use crate::init;
@@ -98,7 +98,8 @@ impl<B: Backend> MultiHeadAttention<B> {
         // [b, h, q, k] copy of the mask is made.
         let bias = causal_bias::<B>(n_q, n_k, &scores.device());
         let scores = scores + bias;
-        let attn_weights = self.attn_dropout.forward(softmax(scores, 3)); // rows sum to 1
+        // One fused softmax per row (see `kernels`); rows sum to 1.
+        let attn_weights = self.attn_dropout.forward(kernels::softmax_last(scores));
         attn_weights.matmul(values) // [b, h, q, k] · [b, h, k, hd] → [b, h, q, hd]
     }
 }

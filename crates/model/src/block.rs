@@ -13,13 +13,14 @@
 //! (post-norm), which needs careful warmup to train deep models at all.
 
 use burn::module::Module;
-use burn::nn::{LayerNorm, LayerNormConfig};
-use burn::tensor::{Tensor, backend::Backend};
+use burn::tensor::Tensor;
+use crate::Backend;
 
 use crate::attention::MultiHeadAttention;
 use crate::config::GptConfig;
 use crate::kv_cache::LayerCache;
 use crate::mlp::Mlp;
+use crate::norm::LayerNorm;
 
 #[derive(Module, Debug)]
 pub struct TransformerBlock<B: Backend> {
@@ -33,7 +34,7 @@ pub struct TransformerBlock<B: Backend> {
 
 impl<B: Backend> TransformerBlock<B> {
     pub fn new(cfg: &GptConfig, device: &B::Device) -> Self {
-        let norm = || LayerNormConfig::new(cfg.d_model).with_epsilon(cfg.layer_norm_eps).init(device);
+        let norm = || LayerNorm::new(cfg.d_model, cfg.layer_norm_eps, device);
         Self {
             norm1: norm(),
             attention: MultiHeadAttention::new(cfg, device),

@@ -5,7 +5,7 @@
 //! KV cache and calls it once per new token.
 
 use burn::module::Module;
-use burn::tensor::backend::Backend;
+use crate::Backend;
 
 use crate::Gpt;
 use crate::gpt::int_tensor;

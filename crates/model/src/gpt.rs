@@ -6,14 +6,16 @@
 //! ```
 
 use burn::module::Module;
-use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm, LayerNormConfig, Linear};
-use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
+use burn::nn::{Dropout, DropoutConfig, Embedding, Linear};
+use burn::tensor::{Int, Tensor, TensorData};
+use crate::Backend;
 
 use crate::block::TransformerBlock;
 use crate::config::GptConfig;
 use crate::init;
 use crate::kv_cache::KvCache;
 use crate::loss::cross_entropy;
+use crate::norm::LayerNorm;
 
 #[derive(Module, Debug)]
 pub struct Gpt<B: Backend> {
@@ -44,7 +46,7 @@ impl<B: Backend> Gpt<B> {
             pos_emb: init::embedding(cfg.context_length, cfg.d_model, device),
             emb_dropout: DropoutConfig::new(cfg.dropout).init(),
             blocks: (0..cfg.n_layers).map(|_| TransformerBlock::new(cfg, device)).collect(),
-            final_norm: LayerNormConfig::new(cfg.d_model).with_epsilon(cfg.layer_norm_eps).init(device),
+            final_norm: LayerNorm::new(cfg.d_model, cfg.layer_norm_eps, device),
             lm_head: (!cfg.tie_embeddings)
                 .then(|| init::linear(cfg.d_model, cfg.vocab_size, false, init::INIT_STD, device)),
             context_length: cfg.context_length,

@@ -10,7 +10,8 @@
 
 use burn::module::Param;
 use burn::nn::{Embedding, Linear};
-use burn::tensor::{Distribution, Tensor, backend::Backend};
+use burn::tensor::{Distribution, Tensor};
+use crate::Backend;
 
 /// Standard deviation of ordinary weights.
 pub const INIT_STD: f64 = 0.02;

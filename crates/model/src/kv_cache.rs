@@ -5,7 +5,8 @@
 //! past positions never change (the mask stops them seeing the future), so we
 //! keep them and only compute the new position's query, key and value.
 
-use burn::tensor::{Tensor, backend::Backend};
+use burn::tensor::Tensor;
+use crate::Backend;
 
 /// Keys and values of one attention layer for every position seen so far.
 #[derive(Debug, Clone)]

@@ -10,10 +10,12 @@ pub mod config;
 pub mod generate;
 pub mod gpt;
 pub mod init;
+pub mod kernels;
 pub mod kv_cache;
 pub mod lora;
 pub mod loss;
 pub mod mlp;
+pub mod norm;
 pub mod params;
 pub mod preference;
 
@@ -22,6 +24,18 @@ pub use generate::{Sampling, generate, sample_next};
 pub use gpt::Gpt;
 pub use kv_cache::KvCache;
 pub use params::{ParamCounts, count_params};
+
+/// What every generic type here asks of its backend: burn's `Backend` plus
+/// the fused kernels of [`kernels`]. Every backend this project runs on has
+/// them (the CPU ones as fast loops, CUDA as plain tensor formulas), so
+/// read `B: Backend` as burn's trait.
+pub trait Backend: kernels::Kernels {}
+impl<B: kernels::Kernels> Backend for B {}
+
+/// burn's `AutodiffBackend`, whose inner backend (the one validation and
+/// generation run on) has the kernels too.
+pub trait AutodiffBackend: burn::tensor::backend::AutodiffBackend<InnerBackend: Backend> + Backend {}
+impl<B> AutodiffBackend for B where B: burn::tensor::backend::AutodiffBackend<InnerBackend: Backend> + Backend {}
 
 /// The CPU backend every test and the default run use.
 pub type Cpu = burn::backend::NdArray<f32>;

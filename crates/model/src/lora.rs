@@ -11,7 +11,8 @@ use std::str::FromStr;
 
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Linear};
-use burn::tensor::{Distribution, Tensor, backend::Backend};
+use burn::tensor::{Distribution, Tensor};
+use crate::Backend;
 use serde::{Deserialize, Serialize};
 
 /// Which linear layers get an adapter.

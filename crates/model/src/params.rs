@@ -1,7 +1,8 @@
 //! Counting parameters: how big is the model, and how much of it trains?
 
 use burn::module::{Module, ModuleVisitor, Param};
-use burn::tensor::{Tensor, backend::Backend};
+use burn::tensor::Tensor;
+use crate::Backend;
 
 /// Total and trainable (gradient-receiving) parameter counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,7 +8,8 @@
 //! started as: β sets how hard that leash pulls.
 
 use burn::tensor::activation::{log_sigmoid, log_softmax};
-use burn::tensor::{Int, Tensor, backend::Backend};
+use burn::tensor::{Int, Tensor};
+use crate::Backend;
 
 /// Sum of the log-probabilities of the masked target tokens, per row:
 /// logits `[rows, seq, vocab]`, targets `[rows, seq]`, mask `[rows, seq]` → `[rows]`.

@@ -3,7 +3,8 @@
 
 use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
-use burn::tensor::{Int, Tensor, TensorData, Tolerance, backend::Backend};
+use burn::tensor::{Int, Tensor, TensorData, Tolerance};
+use crate::Backend;
 
 use crate::attention::{MultiHeadAttention, fused_attention};
 use crate::loss::{cross_entropy, masked_cross_entropy};
@@ -140,7 +141,7 @@ fn masked_cross_entropy_matches_a_hand_computation() {
 #[test]
 fn tiny_model_overfits_one_batch() {
     let device = Default::default();
-    <CpuTrain as Backend>::seed(&device, 0);
+    <CpuTrain as burn::tensor::backend::Backend>::seed(&device, 0);
     let cfg = GptConfig::tiny(64).with_context_length(32).with_dropout(0.0);
     let mut model = Gpt::<CpuTrain>::new(&cfg, &device);
     let mut optim = AdamWConfig::new().with_weight_decay(0.0).init();

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use burn::tensor::backend::AutodiffBackend;
+use model::AutodiffBackend;
 use clap::Parser;
 use data::prepare::{load_or_train_tokenizer, tokenize_corpus};
 use data::{Corpus, WindowDataset, train_val_split};

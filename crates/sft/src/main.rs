@@ -12,7 +12,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use burn::tensor::backend::AutodiffBackend;
+use model::AutodiffBackend;
 use clap::Parser;
 use data::sft::{SftDataset, pad_id};
 use model::count_params;

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
-use burn::tensor::backend::Backend;
+use model::Backend;
 use data::util::{fnv1a, write_atomic};
 use model::lora::LoraConfig;
 use model::{Gpt, GptConfig};

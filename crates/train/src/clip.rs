@@ -14,8 +14,9 @@
 
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
-use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{ElementConversion, Tensor, backend::Backend};
+use model::AutodiffBackend;
+use burn::tensor::{ElementConversion, Tensor};
+use model::Backend;
 
 /// Visits every parameter that has a gradient.
 struct GradVisitor<'a, B: AutodiffBackend, F> {

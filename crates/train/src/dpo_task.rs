@@ -6,7 +6,8 @@
 //! reach the loss as plain numbers. They can be computed once up front
 //! (`precompute_reference`: half the forward passes per step) or per batch.
 
-use burn::tensor::{Bool, Tensor, TensorData, backend::Backend};
+use burn::tensor::{Bool, Tensor, TensorData};
+use model::Backend;
 use data::Tokenizer;
 use data::dpo::{DpoDataset, DpoPair, collate_pairs};
 use data::sft::{SftBatch, SftExample};

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use burn::tensor::backend::Backend;
+use model::Backend;
 use data::Tokenizer;
 use data::util::SplitMix64;
 use model::{Gpt, GptConfig, Sampling, generate};

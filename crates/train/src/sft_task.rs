@@ -1,7 +1,8 @@
 //! Supervised fine-tuning as a `Task`: masked loss on padded conversations,
 //! and answer accuracy on held-out questions.
 
-use burn::tensor::{Tensor, TensorData, backend::Backend};
+use burn::tensor::{Tensor, TensorData};
+use model::Backend;
 use data::chat::{Message, render_chatml};
 use data::sft::{SftBatch, SftDataset, SftExample, collate};
 use data::tokenizer::IM_END;

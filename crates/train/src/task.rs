@@ -1,6 +1,7 @@
 //! What a stage plugs into the shared loop: its batches and its loss.
 
-use burn::tensor::{Tensor, backend::Backend};
+use burn::tensor::Tensor;
+use model::Backend;
 use model::Gpt;
 
 /// A training task. Pretraining, SFT and DPO each implement this; the loop

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::{GradientsAccumulator, GradientsParams};
-use burn::tensor::backend::Backend;
+use model::Backend;
 use burn::tensor::{Tensor, TensorData, Tolerance};
 use model::{CpuTrain, Gpt, GptConfig};
 

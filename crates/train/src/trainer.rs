@@ -15,7 +15,7 @@ use anyhow::{Context, Result, bail};
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::ElementConversion;
-use burn::tensor::backend::AutodiffBackend;
+use model::AutodiffBackend;
 use data::BatchSampler;
 use indicatif::{ProgressBar, ProgressStyle};
 use model::Gpt;

@@ -1,0 +1,152 @@
+//! Each kernel as one node of burn's autodiff graph.
+//!
+//! A node runs the inner backend's forward kernel, keeps what the backward
+//! kernel will need (its *state*), and, when `backward()` reaches it, turns
+//! the gradient of its output into the gradient of its input with the
+//! inner backend's backward kernel. This is how burn's own operations are
+//! built; the pattern is the same for all three below:
+//! 1. a unit struct naming the operation, implementing `Backward` (its
+//!    `State` type says what is kept from the forward pass);
+//! 2. the forward: compute on the inner backend, then register the node
+//!    (`prepare` → `Tracked`, keeping the state) or, when no input needs a
+//!    gradient, skip the bookkeeping (`UnTracked`).
+
+use burn::backend::Autodiff;
+use burn::backend::autodiff::checkpoint::{base::Checkpointer, strategy::CheckpointStrategy};
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
+use burn::tensor::ops::{FloatTensor, IntTensor};
+use burn::tensor::{Int, Tensor, TensorPrimitive};
+
+use super::Kernels;
+
+impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
+    fn softmax_rows(x: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        #[derive(Debug)]
+        struct SoftmaxRows;
+
+        impl<B: Kernels> Backward<B, 1> for SoftmaxRows {
+            type State = FloatTensor<B>; // y [rows, cols]: the backward needs the output
+
+            fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let y = ops.state;
+                unary::<B, _>(ops.parents, ops.node, grads, |dy| {
+                    float(B::softmax_rows_backward(tensor(y), tensor(dy)))
+                });
+            }
+        }
+
+        let x = x.into_primitive().tensor();
+        let y = float(B::softmax_rows(tensor(x.primitive.clone())));
+        let out = match SoftmaxRows.prepare::<C>([x.node]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish(y.clone(), y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        };
+        Tensor::from_primitive(TensorPrimitive::Float(out))
+    }
+
+    fn gelu_tanh(x: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        #[derive(Debug)]
+        struct Gelu;
+
+        impl<B: Kernels> Backward<B, 1> for Gelu {
+            type State = FloatTensor<B>; // x [rows, cols]: the backward needs the input
+
+            fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let x = ops.state;
+                unary::<B, _>(ops.parents, ops.node, grads, |dy| float(B::gelu_tanh_backward(tensor(x), tensor(dy))));
+            }
+        }
+
+        let x = x.into_primitive().tensor();
+        let y = float(B::gelu_tanh(tensor(x.primitive.clone())));
+        let out = match Gelu.prepare::<C>([x.node]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish(x.primitive, y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        };
+        Tensor::from_primitive(TensorPrimitive::Float(out))
+    }
+
+    fn cross_entropy_rows(logits: Tensor<Self, 2>, targets: Tensor<Self, 1, Int>) -> (Tensor<Self, 1>, Tensor<Self, 1>) {
+        #[derive(Debug)]
+        struct CrossEntropyRows;
+
+        impl<B: Kernels> Backward<B, 1> for CrossEntropyRows {
+            // logits [rows, vocab], targets [rows], logsumexp [rows]
+            type State = (FloatTensor<B>, IntTensor<B>, FloatTensor<B>);
+
+            fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let (logits, targets, lse) = ops.state;
+                unary::<B, _>(ops.parents, ops.node, grads, |dnll| {
+                    let targets = Tensor::<B, 1, Int>::from_primitive(targets);
+                    float(B::cross_entropy_rows_backward(tensor(logits), targets, tensor(lse), tensor(dnll)))
+                });
+            }
+        }
+
+        let logits = logits.into_primitive().tensor();
+        let targets = targets.inner();
+        let (nll, lse) = B::cross_entropy_rows(tensor(logits.primitive.clone()), targets.clone());
+        let nll = float(nll);
+        let out = match CrossEntropyRows.prepare::<C>([logits.node]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                prep.finish((logits.primitive, targets.into_primitive(), float(lse.clone())), nll)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(nll),
+        };
+        // The log-sum-exp leaves the graph as a constant: nothing differentiates through it.
+        (Tensor::from_primitive(TensorPrimitive::Float(out)), Tensor::from_inner(lse))
+    }
+
+    fn layer_norm_rows(
+        x: Tensor<Self, 2>,
+        gamma: Tensor<Self, 1>,
+        beta: Tensor<Self, 1>,
+        eps: f64,
+    ) -> (Tensor<Self, 2>, Tensor<Self, 1>, Tensor<Self, 1>) {
+        let (x, gamma, beta) = (x.into_primitive().tensor(), gamma.into_primitive().tensor(), beta.into_primitive().tensor());
+        let (y, mean, rstd) =
+            B::layer_norm_rows(tensor(x.primitive.clone()), tensor(gamma.primitive.clone()), tensor(beta.primitive), eps);
+        let y = float(y);
+        let out = match LayerNormRows.prepare::<C>([x.node, gamma.node, beta.node]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                prep.finish((x.primitive, gamma.primitive, float(mean.clone()), float(rstd.clone())), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        };
+        (Tensor::from_primitive(TensorPrimitive::Float(out)), Tensor::from_inner(mean), Tensor::from_inner(rstd))
+    }
+}
+
+// The LayerNorm node has three inputs (x, gamma, beta), so its backward
+// registers up to three gradients itself instead of using `unary`.
+#[derive(Debug)]
+struct LayerNormRows;
+
+impl<B: Kernels> Backward<B, 3> for LayerNormRows {
+    // x [rows, d], gamma [d], mean [rows], rstd [rows]
+    type State = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, FloatTensor<B>);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (x, gamma, mean, rstd) = ops.state;
+        let dy = grads.consume::<B>(&ops.node);
+        let (dx, dgamma, dbeta) =
+            B::layer_norm_rows_backward(tensor(x), tensor(gamma), tensor(mean), tensor(rstd), tensor(dy));
+        let [x_node, gamma_node, beta_node] = ops.parents;
+        for (node, grad) in [(x_node, float(dx)), (gamma_node, float(dgamma)), (beta_node, float(dbeta))] {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, grad);
+            }
+        }
+    }
+}
+
+/// A float primitive as a tensor of rank `D`.
+fn tensor<B: Kernels, const D: usize>(primitive: FloatTensor<B>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(primitive))
+}
+
+/// A tensor's float primitive.
+fn float<B: Kernels, const D: usize>(t: Tensor<B, D>) -> FloatTensor<B> {
+    t.into_primitive().tensor()
+}

@@ -1,0 +1,178 @@
+//! Fused kernels: the element-wise operations that dominate a CPU training
+//! step, each written as one operation with a hand-written backward pass.
+//!
+//! Why they exist: burn's autodiff records every primitive operation. A
+//! softmax becomes max, subtract, exp, sum and divide, and the backward pass
+//! replays the derivative of each one: a dozen passes over memory, mostly on
+//! one core, and a fresh buffer for each. On the CPU that cost more than all
+//! the matrix multiplications of the tiny model (measured with `perf`; see
+//! the README, Performance). Here each operation is one node in the graph,
+//! and its backward pass is the closed-form derivative:
+//!
+//! | operation | forward | backward (`dy` = gradient of the output) |
+//! |---|---|---|
+//! | `softmax_rows` | y = exp(x − max) / Σ exp(x − max) | dx = y ⊙ (dy − Σ y ⊙ dy) |
+//! | `gelu_tanh` | y = ½x(1 + tanh u), u = √(2/π)(x + 0.044715x³) | dx = dy · (½(1 + tanh u) + ½x(1 − tanh²u)·√(2/π)(1 + 3·0.044715x²)) |
+//! | `cross_entropy_rows` | nll = logsumexp(z) − z[t] | dz = (softmax(z) − onehot(t)) · dnll |
+//! | `layer_norm_rows` | x̂ = (x − μ)·rstd, y = γ ⊙ x̂ + β | g = dy ⊙ γ; dx = rstd·(g − mean(g) − x̂·mean(g ⊙ x̂)); dγ = Σ dy ⊙ x̂; dβ = Σ dy |
+//!
+//! Three layers, one file each:
+//! - this file: the [`Kernels`] trait, whose default methods are the plain
+//!   tensor formulas in [`reference`] (what the CUDA backend runs, and what
+//!   the tests compare everything against);
+//! - [`cpu`]: the same formulas as loops over host memory, one pass per
+//!   row, split across cores with rayon, for the two CPU backends;
+//! - [`autodiff`]: the graph node for each operation, which calls the
+//!   inner backend's forward and keeps what its backward needs.
+//!
+//! The model calls the functions at the bottom of this file
+//! ([`softmax_last`], [`gelu`], [`token_nll`]), which accept any rank, and
+//! [`crate::norm::LayerNorm`].
+
+pub mod autodiff;
+pub mod cpu;
+pub mod reference;
+
+use burn::tensor::{Int, Tensor};
+
+/// Operations a backend runs as single fused steps. Every method has a
+/// plain default, so a backend opts in by overriding, and the default is
+/// always there to check against. Tensors are 2-D, `[rows, cols]`; the
+/// wrappers below flatten other ranks into that.
+pub trait Kernels: burn::tensor::backend::Backend {
+    /// Softmax of each row of `x [rows, cols]`.
+    fn softmax_rows(x: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        reference::softmax_rows(x)
+    }
+    /// dL/dx of the row softmax, from its output `y` and dL/dy.
+    fn softmax_rows_backward(y: Tensor<Self, 2>, dy: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        reference::softmax_rows_backward(y, dy)
+    }
+    /// GPT-2's GELU (tanh form), element-wise.
+    fn gelu_tanh(x: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        reference::gelu_tanh(x)
+    }
+    /// dL/dx of the GELU, from its input `x` and dL/dy.
+    fn gelu_tanh_backward(x: Tensor<Self, 2>, dy: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        reference::gelu_tanh_backward(x, dy)
+    }
+    /// Cross-entropy of each row of `logits [rows, vocab]` against
+    /// `targets [rows]`: returns `(nll [rows], logsumexp [rows])`. The
+    /// log-sum-exp is what the backward pass needs to rebuild the softmax.
+    fn cross_entropy_rows(logits: Tensor<Self, 2>, targets: Tensor<Self, 1, Int>) -> (Tensor<Self, 1>, Tensor<Self, 1>) {
+        reference::cross_entropy_rows(logits, targets)
+    }
+    /// dL/dlogits, from the forward's inputs, its log-sum-exp and dL/dnll.
+    fn cross_entropy_rows_backward(
+        logits: Tensor<Self, 2>,
+        targets: Tensor<Self, 1, Int>,
+        logsumexp: Tensor<Self, 1>,
+        dnll: Tensor<Self, 1>,
+    ) -> Tensor<Self, 2> {
+        reference::cross_entropy_rows_backward(logits, targets, logsumexp, dnll)
+    }
+    /// LayerNorm of each row of `x [rows, d]` with gain `gamma [d]` and bias
+    /// `beta [d]`: returns `(y [rows, d], mean [rows], rstd [rows])`, rstd
+    /// being 1/√(variance + eps). The backward pass needs the last two.
+    fn layer_norm_rows(
+        x: Tensor<Self, 2>,
+        gamma: Tensor<Self, 1>,
+        beta: Tensor<Self, 1>,
+        eps: f64,
+    ) -> (Tensor<Self, 2>, Tensor<Self, 1>, Tensor<Self, 1>) {
+        reference::layer_norm_rows(x, gamma, beta, eps)
+    }
+    /// `(dx [rows, d], dgamma [d], dbeta [d])` from the forward's input, gain,
+    /// statistics and dL/dy.
+    fn layer_norm_rows_backward(
+        x: Tensor<Self, 2>,
+        gamma: Tensor<Self, 1>,
+        mean: Tensor<Self, 1>,
+        rstd: Tensor<Self, 1>,
+        dy: Tensor<Self, 2>,
+    ) -> (Tensor<Self, 2>, Tensor<Self, 1>, Tensor<Self, 1>) {
+        reference::layer_norm_rows_backward(x, gamma, mean, rstd, dy)
+    }
+}
+
+// The CPU backends run the loops in `cpu`; the CUDA backend keeps the plain
+// defaults (its element-wise operations already run in parallel on the GPU).
+macro_rules! cpu_kernels {
+    ($backend:ty) => {
+        impl Kernels for $backend {
+            fn softmax_rows(x: Tensor<Self, 2>) -> Tensor<Self, 2> {
+                cpu::softmax_rows(x)
+            }
+            fn softmax_rows_backward(y: Tensor<Self, 2>, dy: Tensor<Self, 2>) -> Tensor<Self, 2> {
+                cpu::softmax_rows_backward(y, dy)
+            }
+            fn gelu_tanh(x: Tensor<Self, 2>) -> Tensor<Self, 2> {
+                cpu::gelu_tanh(x)
+            }
+            fn gelu_tanh_backward(x: Tensor<Self, 2>, dy: Tensor<Self, 2>) -> Tensor<Self, 2> {
+                cpu::gelu_tanh_backward(x, dy)
+            }
+            fn cross_entropy_rows(
+                logits: Tensor<Self, 2>,
+                targets: Tensor<Self, 1, Int>,
+            ) -> (Tensor<Self, 1>, Tensor<Self, 1>) {
+                cpu::cross_entropy_rows(logits, targets)
+            }
+            fn cross_entropy_rows_backward(
+                logits: Tensor<Self, 2>,
+                targets: Tensor<Self, 1, Int>,
+                logsumexp: Tensor<Self, 1>,
+                dnll: Tensor<Self, 1>,
+            ) -> Tensor<Self, 2> {
+                cpu::cross_entropy_rows_backward(logits, targets, logsumexp, dnll)
+            }
+            fn layer_norm_rows(
+                x: Tensor<Self, 2>,
+                gamma: Tensor<Self, 1>,
+                beta: Tensor<Self, 1>,
+                eps: f64,
+            ) -> (Tensor<Self, 2>, Tensor<Self, 1>, Tensor<Self, 1>) {
+                cpu::layer_norm_rows(x, gamma, beta, eps)
+            }
+            fn layer_norm_rows_backward(
+                x: Tensor<Self, 2>,
+                gamma: Tensor<Self, 1>,
+                mean: Tensor<Self, 1>,
+                rstd: Tensor<Self, 1>,
+                dy: Tensor<Self, 2>,
+            ) -> (Tensor<Self, 2>, Tensor<Self, 1>, Tensor<Self, 1>) {
+                cpu::layer_norm_rows_backward(x, gamma, mean, rstd, dy)
+            }
+        }
+    };
+}
+cpu_kernels!(burn::backend::NdArray<f32>);
+#[cfg(feature = "flex")]
+cpu_kernels!(burn::backend::Flex);
+
+#[cfg(feature = "cuda")]
+impl Kernels for burn::backend::Cuda<f32, i32> {}
+
+/// Softmax over the last dimension, any rank: `[..., cols]` → `[..., cols]`.
+pub fn softmax_last<B: Kernels, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    let dims = x.dims();
+    let cols = dims[D - 1];
+    let rows = x.shape().num_elements() / cols;
+    B::softmax_rows(x.reshape([rows, cols])).reshape(dims) // [rows, cols] → [..., cols]
+}
+
+/// GPT-2's GELU, any rank.
+pub fn gelu<B: Kernels, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    let dims = x.dims();
+    let cols = dims[D - 1];
+    let rows = x.shape().num_elements() / cols;
+    B::gelu_tanh(x.reshape([rows, cols])).reshape(dims) // [rows, cols] → [..., cols]
+}
+
+/// Negative log-probability of each target: logits `[n, vocab]`, targets `[n]` → `[n]`.
+pub fn token_nll<B: Kernels>(logits: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> Tensor<B, 1> {
+    B::cross_entropy_rows(logits, targets).0
+}
+
+#[cfg(test)]
+mod tests;

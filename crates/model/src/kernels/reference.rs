@@ -1,0 +1,101 @@
+//! The kernels written as ordinary tensor operations: the formulas of the
+//! table in [`super`], one line each. They run on any backend (the CUDA one
+//! uses them), and the tests check the fused CPU loops against them.
+
+use burn::tensor::{IndexingUpdateOp, Int, Tensor, backend::Backend};
+
+/// Softmax of each row, `[rows, cols]`. Subtracting the row max first keeps
+/// exp from overflowing; it cancels in the ratio.
+pub fn softmax_rows<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
+    let max = x.clone().max_dim(1); // [rows, 1]
+    let exp = (x - max).exp(); // [rows, cols]
+    let sum = exp.clone().sum_dim(1); // [rows, 1]
+    exp / sum
+}
+
+/// dx = y ⊙ (dy − Σ_j y_j·dy_j): the softmax Jacobian applied to dy.
+pub fn softmax_rows_backward<B: Backend>(y: Tensor<B, 2>, dy: Tensor<B, 2>) -> Tensor<B, 2> {
+    let dot = (y.clone() * dy.clone()).sum_dim(1); // [rows, 1]
+    y * (dy - dot)
+}
+
+/// √(2/π), the tanh-GELU's inner scale.
+pub const GELU_C: f64 = 0.797_884_560_802_865_4;
+/// The cubic term's weight in GPT-2's GELU.
+pub const GELU_A: f64 = 0.044_715;
+
+/// ½x(1 + tanh u), u = √(2/π)(x + 0.044715x³).
+pub fn gelu_tanh<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
+    let u = (x.clone() + x.clone().powi_scalar(3) * GELU_A) * GELU_C;
+    x * (u.tanh() + 1.0) * 0.5
+}
+
+/// dy · (½(1 + tanh u) + ½x(1 − tanh²u) · √(2/π)(1 + 3·0.044715x²)).
+pub fn gelu_tanh_backward<B: Backend>(x: Tensor<B, 2>, dy: Tensor<B, 2>) -> Tensor<B, 2> {
+    let x2 = x.clone() * x.clone();
+    let t = ((x.clone() + x2.clone() * x.clone() * GELU_A) * GELU_C).tanh();
+    let du_dx = (x2 * (3.0 * GELU_A) + 1.0) * GELU_C;
+    let sech2 = t.clone().powi_scalar(2).neg() + 1.0;
+    let dgelu = (t + 1.0) * 0.5 + x * sech2 * du_dx * 0.5;
+    dy * dgelu
+}
+
+/// `(nll [rows], logsumexp [rows])` of `logits [rows, vocab]` against `targets [rows]`.
+pub fn cross_entropy_rows<B: Backend>(logits: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> (Tensor<B, 1>, Tensor<B, 1>) {
+    let [rows, _vocab] = logits.dims();
+    let max = logits.clone().max_dim(1); // [rows, 1]
+    let lse = (logits.clone() - max.clone()).exp().sum_dim(1).log() + max; // [rows, 1]
+    let picked = logits.gather(1, targets.reshape([rows, 1])); // [rows, 1]: the target's logit
+    ((lse.clone() - picked).reshape([rows]), lse.reshape([rows]))
+}
+
+/// dz = (softmax(z) − onehot(t)) · dnll, row by row.
+pub fn cross_entropy_rows_backward<B: Backend>(
+    logits: Tensor<B, 2>,
+    targets: Tensor<B, 1, Int>,
+    logsumexp: Tensor<B, 1>,
+    dnll: Tensor<B, 1>,
+) -> Tensor<B, 2> {
+    let [rows, _vocab] = logits.dims();
+    let dnll = dnll.reshape([rows, 1]);
+    let probs = (logits - logsumexp.reshape([rows, 1])).exp(); // [rows, vocab]: softmax(z)
+    // Subtract dnll at each row's target column.
+    (probs * dnll.clone()).scatter(1, targets.reshape([rows, 1]), dnll.neg(), IndexingUpdateOp::Add)
+}
+
+/// `(y, mean [rows], rstd [rows])`: each row normalised to mean 0 and
+/// variance 1, then scaled by `gamma` and shifted by `beta`.
+pub fn layer_norm_rows<B: Backend>(
+    x: Tensor<B, 2>,
+    gamma: Tensor<B, 1>,
+    beta: Tensor<B, 1>,
+    eps: f64,
+) -> (Tensor<B, 2>, Tensor<B, 1>, Tensor<B, 1>) {
+    let [rows, d] = x.dims();
+    let mean = x.clone().mean_dim(1); // [rows, 1]
+    let centered = x - mean.clone(); // [rows, d]
+    let var = (centered.clone() * centered.clone()).mean_dim(1); // [rows, 1], biased as PyTorch's
+    let rstd = (var + eps).sqrt().recip(); // [rows, 1]
+    let y = centered * rstd.clone() * gamma.reshape([1, d]) + beta.reshape([1, d]);
+    (y, mean.reshape([rows]), rstd.reshape([rows]))
+}
+
+/// `(dx, dgamma, dbeta)`; see the table in [`super`].
+pub fn layer_norm_rows_backward<B: Backend>(
+    x: Tensor<B, 2>,
+    gamma: Tensor<B, 1>,
+    mean: Tensor<B, 1>,
+    rstd: Tensor<B, 1>,
+    dy: Tensor<B, 2>,
+) -> (Tensor<B, 2>, Tensor<B, 1>, Tensor<B, 1>) {
+    let [rows, d] = x.dims();
+    let rstd = rstd.reshape([rows, 1]);
+    let xhat = (x - mean.reshape([rows, 1])) * rstd.clone(); // [rows, d]
+    let dbeta = dy.clone().sum_dim(0).reshape([d]);
+    let dgamma = (dy.clone() * xhat.clone()).sum_dim(0).reshape([d]);
+    let g = dy * gamma.reshape([1, d]); // dL/dx̂
+    let g_mean = g.clone().mean_dim(1); // [rows, 1]
+    let gx_mean = (g.clone() * xhat.clone()).mean_dim(1); // [rows, 1]
+    let dx = (g - g_mean - xhat * gx_mean) * rstd;
+    (dx, dgamma, dbeta)
+}
