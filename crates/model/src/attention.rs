@@ -58,28 +58,34 @@ impl<B: Backend> MultiHeadAttention<B> {
     /// earlier ones come from (and are appended to) the cache.
     pub fn forward(&self, x: Tensor<B, 3>, cache: Option<&mut LayerCache<B>>) -> Tensor<B, 3> {
         let [batch, seq, d_model] = x.dims();
-        let head_dim = d_model / self.n_heads;
-        // [batch, seq, d_model] → [batch, seq, heads, head_dim] → [batch, heads, seq, head_dim]
-        let split_heads =
-            |t: Tensor<B, 3>| t.reshape([batch, seq, self.n_heads, head_dim]).swap_dims(1, 2);
+        let queries = self.query.forward(x.clone()); // [batch, seq, d_model]: every head side by side
+        let keys = self.key.forward(x.clone());
+        let values = self.value.forward(x);
 
-        let queries = split_heads(self.query.forward(x.clone()));
-        let keys = split_heads(self.key.forward(x.clone()));
-        let values = split_heads(self.value.forward(x));
-        // With a cache: keys/values grow to [batch, heads, past + seq, head_dim].
-        let (keys, values) = match cache {
-            Some(cache) => cache.append(keys, values),
-            None => (keys, values),
+        let context_vec = match cache {
+            // Training and scoring: one kernel call, which reads each head's
+            // columns in place (see `kernels::causal_attention`).
+            None if self.fused => kernels::causal_attention(queries, keys, values, self.n_heads),
+            cache => {
+                let head_dim = d_model / self.n_heads;
+                // [batch, seq, d_model] → [batch, seq, heads, head_dim] → [batch, heads, seq, head_dim]
+                let split_heads =
+                    |t: Tensor<B, 3>| t.reshape([batch, seq, self.n_heads, head_dim]).swap_dims(1, 2);
+                let (queries, keys, values) = (split_heads(queries), split_heads(keys), split_heads(values));
+                // With a cache: keys/values grow to [batch, heads, past + seq, head_dim].
+                let (keys, values) = match cache {
+                    Some(cache) => cache.append(keys, values),
+                    None => (keys, values),
+                };
+                let context_vec = if self.fused {
+                    fused_attention(queries, keys, values)
+                } else {
+                    self.plain_attention(queries, keys, values)
+                }; // [batch, heads, seq, head_dim]
+                // [batch, heads, seq, head_dim] → [batch, seq, heads, head_dim] → [batch, seq, d_model]
+                context_vec.swap_dims(1, 2).reshape([batch, seq, d_model])
+            }
         };
-
-        let context_vec = if self.fused {
-            fused_attention(queries, keys, values)
-        } else {
-            self.plain_attention(queries, keys, values)
-        }; // [batch, heads, seq, head_dim]
-
-        // [batch, heads, seq, head_dim] → [batch, seq, heads, head_dim] → [batch, seq, d_model]
-        let context_vec = context_vec.swap_dims(1, 2).reshape([batch, seq, d_model]);
         self.resid_dropout.forward(self.out_proj.forward(context_vec))
     }
 
@@ -104,8 +110,8 @@ impl<B: Backend> MultiHeadAttention<B> {
     }
 }
 
-/// The same computation as one fused kernel call (burn's `attention`).
-/// `is_causal` aligns the mask bottom-right, which is exactly what a KV cache
+/// The same computation as one call of burn's `attention`, used when
+/// generating with a KV cache (queries fewer than keys). `is_causal` aligns the mask bottom-right, which is exactly what a KV cache
 /// needs: the q queries are the last q of the k positions.
 pub fn fused_attention<B: Backend>(queries: Tensor<B, 4>, keys: Tensor<B, 4>, values: Tensor<B, 4>) -> Tensor<B, 4> {
     let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
@@ -119,7 +125,7 @@ pub fn causal_bias<B: Backend>(n_q: usize, n_k: usize, device: &B::Device) -> Te
 
 /// `[1, 1, n_q, n_k]`, true where key j is in the future of query i.
 /// Query i sits at absolute position (n_k - n_q) + i.
-pub fn causal_mask<B: Backend>(n_q: usize, n_k: usize, device: &B::Device) -> Tensor<B, 4, Bool> {
+pub fn causal_mask<B: burn::tensor::backend::Backend>(n_q: usize, n_k: usize, device: &B::Device) -> Tensor<B, 4, Bool> {
     let offset = (n_k - n_q) as i64;
     let rows = Tensor::<B, 1, Int>::arange(offset..offset + n_q as i64, device).reshape([n_q, 1]);
     let cols = Tensor::<B, 1, Int>::arange(0..n_k as i64, device).reshape([1, n_k]);

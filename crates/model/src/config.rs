@@ -38,9 +38,10 @@ pub struct GptConfig {
     /// Saves `vocab_size * d_model` parameters: 38.6M of GPT-2 small's 163M.
     #[config(default = true)]
     pub tie_embeddings: bool,
-    /// Use burn's fused attention kernel instead of the plainly written
-    /// softmax(QKᵀ/√d)·V. Same result (tested); the fused one is faster on a
-    /// GPU but cannot apply dropout to the attention weights.
+    /// Use the fused attention kernel (`kernels::causal_attention`; burn's
+    /// `attention` when generating with a KV cache) instead of the plainly
+    /// written softmax(QKᵀ/√d)·V. Same result (tested) and faster, but it
+    /// applies no dropout to the attention weights.
     #[config(default = true)]
     pub fused_attention: bool,
     /// LayerNorm epsilon: PyTorch's and GPT-2's default.

@@ -8,7 +8,7 @@
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Embedding, Linear};
 use burn::tensor::{Int, Tensor, TensorData};
-use crate::Backend;
+use crate::{Backend, kernels};
 
 use crate::block::TransformerBlock;
 use crate::config::GptConfig;
@@ -98,14 +98,20 @@ impl<B: Backend> Gpt<B> {
 
     /// `[batch, seq, d_model]` → `[batch, seq, vocab]`.
     fn head(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        match &self.lm_head {
+        let [batch, seq, d_model] = x.dims();
+        // One 2-D matmul over all positions (see `LoraLinear::forward` for why).
+        let x = x.reshape([batch * seq, d_model]); // [batch·seq, d_model]
+        let logits = match &self.lm_head {
             Some(head) => head.forward(x),
             None => {
                 // Tied: logits = x · Eᵀ, E = token_emb [vocab, d_model].
-                let emb_t = self.token_emb.weight.val().transpose().unsqueeze::<3>(); // [1, d_model, vocab]
-                x.matmul(emb_t) // [batch, seq, d_model] · [1, d_model, vocab] → [batch, seq, vocab]
+                // `matmul_bt` reads E as stored and multiplies by its transpose.
+                let emb = self.token_emb.weight.val(); // [vocab, d_model]
+                kernels::matmul_bt(x, emb) // [batch·seq, d_model] · [d_model, vocab] → [batch·seq, vocab]
             }
-        }
+        };
+        let vocab = logits.dims()[1];
+        logits.reshape([batch, seq, vocab])
     }
 
     /// Mean next-token cross-entropy of `inputs [b, t]` against `targets [b, t]`.

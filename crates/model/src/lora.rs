@@ -12,7 +12,7 @@ use std::str::FromStr;
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::tensor::{Distribution, Tensor};
-use crate::Backend;
+use crate::{Backend, kernels};
 use serde::{Deserialize, Serialize};
 
 /// Which linear layers get an adapter.
@@ -98,10 +98,10 @@ impl<B: Backend> LoraAdapter<B> {
         }
     }
 
-    /// `[batch, seq, d_in]` → `[batch, seq, d_out]`: (alpha/rank)·x·A·B.
-    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let down = self.dropout.forward(x).matmul(self.a.val().unsqueeze()); // [b, t, d_in]·[1, d_in, r] → [b, t, r]
-        down.matmul(self.b.val().unsqueeze()) * self.scale // [b, t, r]·[1, r, d_out] → [b, t, d_out]
+    /// `[rows, d_in]` → `[rows, d_out]`: (alpha/rank)·x·A·B.
+    pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        let down = kernels::matmul(self.dropout.forward(x), self.a.val()); // [rows, d_in]·[d_in, r] → [rows, r]
+        kernels::matmul(down, self.b.val()) * self.scale // [rows, r]·[r, d_out] → [rows, d_out]
     }
 
     /// ΔW = (alpha/rank)·A·B, `[d_in, d_out]`.
@@ -124,12 +124,27 @@ impl<B: Backend> LoraLinear<B> {
         Self { base, adapter: None }
     }
 
+    /// `[batch, seq, d_in]` → `[batch, seq, d_out]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let y = self.base.forward(x.clone());
-        match &self.adapter {
+        let [batch, seq, d_in] = x.dims();
+        // Every position goes through the same weight, so fold the batch into
+        // the rows: one [batch·seq, d_in]·[d_in, d_out] matmul. Given the 3-D
+        // tensor, burn broadcasts the weight over the batch instead, and its
+        // backward pass then builds one weight gradient per sequence and sums
+        // them: `batch` times the work and memory for the same result.
+        let x = x.reshape([batch * seq, d_in]); // [batch·seq, d_in]
+        // x·W + b, with the product as a kernel (see `kernels::matmul`).
+        let y = kernels::matmul(x.clone(), self.base.weight.val()); // [batch·seq, d_in]·[d_in, d_out]
+        let y = match &self.base.bias {
+            Some(bias) => y + bias.val().unsqueeze(), // + [1, d_out]
+            None => y,
+        };
+        let y = match &self.adapter {
             Some(adapter) => y + adapter.forward(x),
             None => y,
-        }
+        }; // [batch·seq, d_out]
+        let d_out = y.dims()[1];
+        y.reshape([batch, seq, d_out])
     }
 
     /// Freezes the base and attaches a fresh adapter.

@@ -12,6 +12,7 @@
 //!    gradient, skip the bookkeeping (`UnTracked`).
 
 use burn::backend::Autodiff;
+use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::{base::Checkpointer, strategy::CheckpointStrategy};
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
@@ -116,10 +117,39 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
         };
         (Tensor::from_primitive(TensorPrimitive::Float(out)), Tensor::from_inner(mean), Tensor::from_inner(rstd))
     }
+
+    fn matmul(a: Tensor<Self, 2>, b: Tensor<Self, 2>, b_transposed: bool) -> Tensor<Self, 2> {
+        let (a, b) = (a.into_primitive().tensor(), b.into_primitive().tensor());
+        let y = float(B::matmul(tensor(a.primitive.clone()), tensor(b.primitive.clone()), b_transposed));
+        let out = match (Matmul { b_transposed }).prepare::<C>([a.node, b.node]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish((a.primitive, b.primitive), y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        };
+        Tensor::from_primitive(TensorPrimitive::Float(out))
+    }
+
+    fn causal_attention(
+        q: Tensor<Self, 3>,
+        k: Tensor<Self, 3>,
+        v: Tensor<Self, 3>,
+        n_heads: usize,
+    ) -> (Tensor<Self, 3>, Tensor<Self, 4>) {
+        let (q, k, v) = (q.into_primitive().tensor(), k.into_primitive().tensor(), v.into_primitive().tensor());
+        let (context, weights) =
+            B::causal_attention(tensor(q.primitive.clone()), tensor(k.primitive.clone()), tensor(v.primitive.clone()), n_heads);
+        let context = float(context);
+        let node = CausalAttention { n_heads };
+        let out = match node.prepare::<C>([q.node, k.node, v.node]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish((q.primitive, k.primitive, v.primitive, float(weights.clone())), context),
+            OpsKind::UnTracked(prep) => prep.finish(context),
+        };
+        // The weights leave the graph as a constant (for inspection only).
+        (Tensor::from_primitive(TensorPrimitive::Float(out)), Tensor::from_inner(weights))
+    }
 }
 
 // The LayerNorm node has three inputs (x, gamma, beta), so its backward
-// registers up to three gradients itself instead of using `unary`.
+// registers up to three gradients itself (`register`) instead of using `unary`.
 #[derive(Debug)]
 struct LayerNormRows;
 
@@ -132,11 +162,56 @@ impl<B: Kernels> Backward<B, 3> for LayerNormRows {
         let dy = grads.consume::<B>(&ops.node);
         let (dx, dgamma, dbeta) =
             B::layer_norm_rows_backward(tensor(x), tensor(gamma), tensor(mean), tensor(rstd), tensor(dy));
-        let [x_node, gamma_node, beta_node] = ops.parents;
-        for (node, grad) in [(x_node, float(dx)), (gamma_node, float(dgamma)), (beta_node, float(dbeta))] {
-            if let Some(node) = node {
-                grads.register::<B>(node.id, grad);
-            }
+        register::<B, 3>(grads, ops.parents.map(|p| p.map(|p| p.id)), [float(dx), float(dgamma), float(dbeta)]);
+    }
+}
+
+// The matmul node has two inputs, a and b.
+#[derive(Debug)]
+struct Matmul {
+    b_transposed: bool,
+}
+
+impl<B: Kernels> Backward<B, 2> for Matmul {
+    type State = (FloatTensor<B>, FloatTensor<B>); // a [m, k], b [k, n]
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (a, b) = ops.state;
+        let dy = grads.consume::<B>(&ops.node);
+        let (da, db) = B::matmul_backward(tensor(a), tensor(b), tensor(dy), self.b_transposed);
+        register::<B, 2>(grads, ops.parents.map(|p| p.map(|p| p.id)), [float(da), float(db)]);
+    }
+}
+
+// Attention has three inputs (q, k, v), registered like LayerNorm's.
+#[derive(Debug)]
+struct CausalAttention {
+    n_heads: usize,
+}
+
+impl<B: Kernels> Backward<B, 3> for CausalAttention {
+    // q, k, v [batch, seq, d_model], weights [batch, heads, seq, seq]
+    type State = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, FloatTensor<B>);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (q, k, v, weights) = ops.state;
+        let dcontext = grads.consume::<B>(&ops.node);
+        let (dq, dk, dv) =
+            B::causal_attention_backward(tensor(q), tensor(k), tensor(v), tensor(weights), tensor(dcontext), self.n_heads);
+        register::<B, 3>(grads, ops.parents.map(|p| p.map(|p| p.id)), [float(dq), float(dk), float(dv)]);
+    }
+}
+
+/// Registers each input's gradient, for the inputs that want one (`ids`:
+/// the parents' node ids, `None` for an input that needs no gradient).
+fn register<B: Kernels, const N: usize>(
+    grads: &mut Gradients,
+    ids: [Option<NodeId>; N],
+    input_grads: [FloatTensor<B>; N],
+) {
+    for (id, grad) in ids.into_iter().zip(input_grads) {
+        if let Some(id) = id {
+            grads.register::<B>(id, grad);
         }
     }
 }

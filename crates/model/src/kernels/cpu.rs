@@ -203,7 +203,7 @@ pub fn exp(x: f32) -> f32 {
 
 /// Σ values, in eight running sums (which the compiler keeps in one SIMD
 /// register) rather than one long chain.
-fn sum(values: &[f32]) -> f32 {
+pub(super) fn sum(values: &[f32]) -> f32 {
     let mut lanes = [0.0f32; 8];
     let chunks = values.chunks_exact(8);
     let tail: f32 = chunks.remainder().iter().sum();
@@ -248,7 +248,7 @@ impl HostCopy for burn::backend::NdArray<f32> {
     }
 }
 
-fn host<B: HostCopy, const D: usize>(x: Tensor<B, D>) -> Vec<f32> {
+pub(super) fn host<B: HostCopy, const D: usize>(x: Tensor<B, D>) -> Vec<f32> {
     B::to_host(x)
 }
 
@@ -263,6 +263,6 @@ fn host_ids<B: Backend>(targets: Tensor<B, 1, Int>, vocab: usize) -> Vec<usize> 
         .collect()
 }
 
-fn to_device<B: Backend, const D: usize>(values: Vec<f32>, shape: [usize; D], device: &B::Device) -> Tensor<B, D> {
+pub(super) fn to_device<B: Backend, const D: usize>(values: Vec<f32>, shape: [usize; D], device: &B::Device) -> Tensor<B, D> {
     Tensor::from_data(TensorData::new(values, shape), device)
 }

@@ -15,22 +15,26 @@
 //! | `gelu_tanh` | y = ½x(1 + tanh u), u = √(2/π)(x + 0.044715x³) | dx = dy · (½(1 + tanh u) + ½x(1 − tanh²u)·√(2/π)(1 + 3·0.044715x²)) |
 //! | `cross_entropy_rows` | nll = logsumexp(z) − z[t] | dz = (softmax(z) − onehot(t)) · dnll |
 //! | `layer_norm_rows` | x̂ = (x − μ)·rstd, y = γ ⊙ x̂ + β | g = dy ⊙ γ; dx = rstd·(g − mean(g) − x̂·mean(g ⊙ x̂)); dγ = Σ dy ⊙ x̂; dβ = Σ dy |
+//! | `causal_attention` | P = softmax(QKᵀ/√d, future masked), O = P·V | dV = Pᵀ·dO; dP = dO·Vᵀ; dS = P ⊙ (dP − Σ P ⊙ dP)/√d; dQ = dS·K; dK = dSᵀ·Q |
 //!
 //! Three layers, one file each:
 //! - this file: the [`Kernels`] trait, whose default methods are the plain
 //!   tensor formulas in [`reference`] (what the CUDA backend runs, and what
 //!   the tests compare everything against);
 //! - [`cpu`]: the same formulas as loops over host memory, one pass per
-//!   row, split across cores with rayon, for the two CPU backends;
+//!   row, split across cores with rayon, for the two CPU backends
+//!   ([`cpu_attention`] for attention, whose loops are small matrix products);
 //! - [`autodiff`]: the graph node for each operation, which calls the
 //!   inner backend's forward and keeps what its backward needs.
 //!
 //! The model calls the functions at the bottom of this file
-//! ([`softmax_last`], [`gelu`], [`token_nll`]), which accept any rank, and
+//! ([`softmax_last`], [`gelu`], [`token_nll`], [`causal_attention`]), and
 //! [`crate::norm::LayerNorm`].
 
 pub mod autodiff;
 pub mod cpu;
+pub mod cpu_attention;
+pub mod matmul;
 pub mod reference;
 
 use burn::tensor::{Int, Tensor};
@@ -93,6 +97,44 @@ pub trait Kernels: burn::tensor::backend::Backend {
     ) -> (Tensor<Self, 2>, Tensor<Self, 1>, Tensor<Self, 1>) {
         reference::layer_norm_rows_backward(x, gamma, mean, rstd, dy)
     }
+    /// `a [m, k] · b [k, n]` → `[m, n]`; with `b_transposed`, `b` is
+    /// given as bᵀ `[n, k]` (the layout of a tied embedding table).
+    fn matmul(a: Tensor<Self, 2>, b: Tensor<Self, 2>, b_transposed: bool) -> Tensor<Self, 2> {
+        reference::matmul(a, b, b_transposed)
+    }
+    /// `(da, db)` of `a · b`, from its inputs and dL/dy: da = dy · bᵀ,
+    /// db = aᵀ · dy (returned as dbᵀ when `b_transposed`, like `b`).
+    fn matmul_backward(
+        a: Tensor<Self, 2>,
+        b: Tensor<Self, 2>,
+        dy: Tensor<Self, 2>,
+        b_transposed: bool,
+    ) -> (Tensor<Self, 2>, Tensor<Self, 2>) {
+        reference::matmul_backward(a, b, dy, b_transposed)
+    }
+    /// Causal self-attention of `q, k, v [batch, seq, d_model]`, whose last
+    /// dimension holds `n_heads` heads side by side: returns `(context
+    /// [batch, seq, d_model], weights [batch, heads, seq, seq])`, the
+    /// weights being softmax(QKᵀ/√head_dim) with the future masked out.
+    fn causal_attention(
+        q: Tensor<Self, 3>,
+        k: Tensor<Self, 3>,
+        v: Tensor<Self, 3>,
+        n_heads: usize,
+    ) -> (Tensor<Self, 3>, Tensor<Self, 4>) {
+        reference::causal_attention(q, k, v, n_heads)
+    }
+    /// `(dq, dk, dv)` from the forward's inputs, its weights and dL/dcontext.
+    fn causal_attention_backward(
+        q: Tensor<Self, 3>,
+        k: Tensor<Self, 3>,
+        v: Tensor<Self, 3>,
+        weights: Tensor<Self, 4>,
+        dcontext: Tensor<Self, 3>,
+        n_heads: usize,
+    ) -> (Tensor<Self, 3>, Tensor<Self, 3>, Tensor<Self, 3>) {
+        reference::causal_attention_backward(q, k, v, weights, dcontext, n_heads)
+    }
 }
 
 // The CPU backends run the loops in `cpu`; the CUDA backend keeps the plain
@@ -143,6 +185,35 @@ macro_rules! cpu_kernels {
             ) -> (Tensor<Self, 2>, Tensor<Self, 1>, Tensor<Self, 1>) {
                 cpu::layer_norm_rows_backward(x, gamma, mean, rstd, dy)
             }
+            fn matmul(a: Tensor<Self, 2>, b: Tensor<Self, 2>, b_transposed: bool) -> Tensor<Self, 2> {
+                matmul::matmul(a, b, b_transposed)
+            }
+            fn matmul_backward(
+                a: Tensor<Self, 2>,
+                b: Tensor<Self, 2>,
+                dy: Tensor<Self, 2>,
+                b_transposed: bool,
+            ) -> (Tensor<Self, 2>, Tensor<Self, 2>) {
+                matmul::matmul_backward(a, b, dy, b_transposed)
+            }
+            fn causal_attention(
+                q: Tensor<Self, 3>,
+                k: Tensor<Self, 3>,
+                v: Tensor<Self, 3>,
+                n_heads: usize,
+            ) -> (Tensor<Self, 3>, Tensor<Self, 4>) {
+                cpu_attention::causal_attention(q, k, v, n_heads)
+            }
+            fn causal_attention_backward(
+                q: Tensor<Self, 3>,
+                k: Tensor<Self, 3>,
+                v: Tensor<Self, 3>,
+                weights: Tensor<Self, 4>,
+                dcontext: Tensor<Self, 3>,
+                n_heads: usize,
+            ) -> (Tensor<Self, 3>, Tensor<Self, 3>, Tensor<Self, 3>) {
+                cpu_attention::causal_attention_backward(q, k, v, weights, dcontext, n_heads)
+            }
         }
     };
 }
@@ -167,6 +238,22 @@ pub fn gelu<B: Kernels, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     let cols = dims[D - 1];
     let rows = x.shape().num_elements() / cols;
     B::gelu_tanh(x.reshape([rows, cols])).reshape(dims) // [rows, cols] → [..., cols]
+}
+
+/// `a [m, k] · b [k, n]` → `[m, n]` (see [`matmul`]).
+pub fn matmul<B: Kernels>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 2> {
+    B::matmul(a, b, false)
+}
+
+/// `a [m, k] · bᵀ`, for `b [n, k]` → `[m, n]`, without materialising bᵀ.
+pub fn matmul_bt<B: Kernels>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 2> {
+    B::matmul(a, b, true)
+}
+
+/// Causal multi-head self-attention: `q, k, v [batch, seq, d_model]` →
+/// `context [batch, seq, d_model]` (see [`Kernels::causal_attention`]).
+pub fn causal_attention<B: Kernels>(q: Tensor<B, 3>, k: Tensor<B, 3>, v: Tensor<B, 3>, n_heads: usize) -> Tensor<B, 3> {
+    B::causal_attention(q, k, v, n_heads).0
 }
 
 /// Negative log-probability of each target: logits `[n, vocab]`, targets `[n]` → `[n]`.

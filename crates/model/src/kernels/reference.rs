@@ -4,6 +4,8 @@
 
 use burn::tensor::{IndexingUpdateOp, Int, Tensor, backend::Backend};
 
+use crate::attention::causal_mask;
+
 /// Softmax of each row, `[rows, cols]`. Subtracting the row max first keeps
 /// exp from overflowing; it cancels in the ratio.
 pub fn softmax_rows<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
@@ -98,4 +100,73 @@ pub fn layer_norm_rows_backward<B: Backend>(
     let gx_mean = (g.clone() * xhat.clone()).mean_dim(1); // [rows, 1]
     let dx = (g - g_mean - xhat * gx_mean) * rstd;
     (dx, dgamma, dbeta)
+}
+
+/// `a · b`, or `a · bᵀ` when `b_transposed`.
+pub fn matmul<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>, b_transposed: bool) -> Tensor<B, 2> {
+    if b_transposed { a.matmul(b.transpose()) } else { a.matmul(b) }
+}
+
+/// `(da, db)`: da = dy · bᵀ, db = aᵀ · dy (transposed back when `b_transposed`).
+pub fn matmul_backward<B: Backend>(
+    a: Tensor<B, 2>,
+    b: Tensor<B, 2>,
+    dy: Tensor<B, 2>,
+    b_transposed: bool,
+) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    match b_transposed {
+        false => (dy.clone().matmul(b.transpose()), a.transpose().matmul(dy)), // [m, n]·[n, k], [k, m]·[m, n]
+        true => (dy.clone().matmul(b), dy.transpose().matmul(a)),              // [m, n]·[n, k], [n, m]·[m, k]
+    }
+}
+
+/// `[batch, seq, heads·hd]` → `[batch, heads, seq, hd]`.
+fn split_heads<B: Backend>(x: Tensor<B, 3>, n_heads: usize) -> Tensor<B, 4> {
+    let [batch, seq, d_model] = x.dims();
+    x.reshape([batch, seq, n_heads, d_model / n_heads]).swap_dims(1, 2)
+}
+
+/// `[batch, heads, seq, hd]` → `[batch, seq, heads·hd]`.
+fn merge_heads<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 3> {
+    let [batch, heads, seq, hd] = x.dims();
+    x.swap_dims(1, 2).reshape([batch, seq, heads * hd])
+}
+
+/// `(context, weights)`: weights = softmax(Q·Kᵀ/√hd, future masked), context = weights·V.
+pub fn causal_attention<B: Backend>(
+    q: Tensor<B, 3>,
+    k: Tensor<B, 3>,
+    v: Tensor<B, 3>,
+    n_heads: usize,
+) -> (Tensor<B, 3>, Tensor<B, 4>) {
+    let [batch, seq, d_model] = q.dims();
+    let scale = 1.0 / ((d_model / n_heads) as f64).sqrt();
+    let (q, k, v) = (split_heads(q, n_heads), split_heads(k, n_heads), split_heads(v, n_heads));
+    let scores = q.matmul(k.swap_dims(2, 3)) * scale; // [b, h, s, hd] · [b, h, hd, s] → [b, h, s, s]
+    let future = causal_mask::<B>(seq, seq, &scores.device()); // [1, 1, s, s]
+    let scores = scores.mask_fill(future, f32::NEG_INFINITY);
+    let weights = softmax_rows(scores.reshape([batch * n_heads * seq, seq])).reshape([batch, n_heads, seq, seq]);
+    (merge_heads(weights.clone().matmul(v)), weights) // [b, h, s, s] · [b, h, s, hd] → [b, h, s, hd]
+}
+
+/// `(dq, dk, dv)`; see the table in [`super`].
+pub fn causal_attention_backward<B: Backend>(
+    q: Tensor<B, 3>,
+    k: Tensor<B, 3>,
+    v: Tensor<B, 3>,
+    weights: Tensor<B, 4>,
+    dcontext: Tensor<B, 3>,
+    n_heads: usize,
+) -> (Tensor<B, 3>, Tensor<B, 3>, Tensor<B, 3>) {
+    let [_, _, d_model] = q.dims();
+    let scale = 1.0 / ((d_model / n_heads) as f64).sqrt();
+    let (q, k, v) = (split_heads(q, n_heads), split_heads(k, n_heads), split_heads(v, n_heads));
+    let d_out = split_heads(dcontext, n_heads); // [b, h, s, hd]
+    let dv = weights.clone().swap_dims(2, 3).matmul(d_out.clone()); // [b, h, s, s] · [b, h, s, hd]
+    let dp = d_out.matmul(v.swap_dims(2, 3)); // [b, h, s, hd] · [b, h, hd, s] → [b, h, s, s]
+    let dot = (weights.clone() * dp.clone()).sum_dim(3); // [b, h, s, 1]
+    let ds = weights * (dp - dot) * scale; // [b, h, s, s]; 0 wherever the weight is 0 (the future)
+    let dq = ds.clone().matmul(k); // [b, h, s, s] · [b, h, s, hd]
+    let dk = ds.swap_dims(2, 3).matmul(q); // [b, h, s, s] · [b, h, s, hd]
+    (merge_heads(dq), merge_heads(dk), merge_heads(dv))
 }

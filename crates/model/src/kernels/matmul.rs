@@ -1,0 +1,129 @@
+//! Matrix products on host memory, through the `gemm` crate.
+//!
+//! [`MatRef`] is a view of a matrix inside a buffer, described by two
+//! strides, so a transpose or one head's columns of a wider matrix cost
+//! nothing: no copy is made, the product just walks memory differently.
+//! The kernel [`matmul`] multiplies two tensors this way, and its
+//! backward pass multiplies by the transposes without materialising them.
+
+use burn::tensor::Tensor;
+
+use super::cpu::{HostCopy, host, to_device};
+
+/// A read-only matrix inside a buffer: element `(i, j)` is
+/// `data[i * row_stride + j * col_stride]`.
+#[derive(Clone, Copy)]
+pub struct MatRef<'a> {
+    data: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    row_stride: usize,
+    col_stride: usize,
+}
+
+impl<'a> MatRef<'a> {
+    /// `rows × cols`, rows `row_stride` apart, columns adjacent.
+    pub fn new(data: &'a [f32], rows: usize, cols: usize, row_stride: usize) -> Self {
+        let m = Self { data, rows, cols, row_stride, col_stride: 1 };
+        assert!(m.rows == 0 || m.cols == 0 || m.last() < data.len(), "matrix view out of bounds");
+        m
+    }
+
+    /// The transpose: the same memory, strides swapped.
+    pub fn t(self) -> Self {
+        Self { rows: self.cols, cols: self.rows, row_stride: self.col_stride, col_stride: self.row_stride, ..self }
+    }
+
+    /// The buffer the view reads from.
+    pub fn data(&self) -> &'a [f32] {
+        self.data
+    }
+
+    fn last(&self) -> usize {
+        (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride
+    }
+}
+
+/// `out = scale · a · b`, with `out` a `rows × cols` block of `out_data`
+/// whose rows are `out_stride` apart (other columns are left alone).
+/// `threaded`: split the product across rayon's threads (for one big
+/// product; callers that already run one product per core pass `false`).
+pub fn matmul_into(out_data: &mut [f32], out_stride: usize, a: MatRef, b: MatRef, scale: f32, threaded: bool) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(b.rows, k, "matmul: inner dimensions differ");
+    assert!(m == 0 || n == 0 || (m - 1) * out_stride + n - 1 < out_data.len(), "matmul: output out of bounds");
+    if m == 0 || n == 0 {
+        return;
+    }
+    // SAFETY: every index the product touches was checked against its
+    // buffer above (the views' own checks in `MatRef::new`); `out_data` is
+    // borrowed mutably, so it overlaps neither input. `read_dst = false`
+    // means the old contents of `out` are never read (alpha is ignored).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out_data.as_mut_ptr(),
+            1,
+            out_stride as isize,
+            false,
+            a.data.as_ptr(),
+            a.col_stride as isize,
+            a.row_stride as isize,
+            b.data.as_ptr(),
+            b.col_stride as isize,
+            b.row_stride as isize,
+            0.0,
+            scale,
+            false,
+            false,
+            false,
+            match threaded {
+                true => gemm::Parallelism::Rayon(rayon::current_num_threads()),
+                false => gemm::Parallelism::None,
+            },
+        );
+    }
+}
+
+
+/// `a [m, k] · b [k, n]` → `[m, n]`, split across threads. With
+/// `b_transposed`, `b` holds bᵀ, `[n, k]`, as stored (the tied output head
+/// multiplies by the embedding table `[vocab, d_model]` this way).
+pub fn matmul<B: HostCopy>(a: Tensor<B, 2>, b: Tensor<B, 2>, b_transposed: bool) -> Tensor<B, 2> {
+    let ([m, k], device) = (a.dims(), a.device());
+    let (b_view_dims, (a, b)) = (b.dims(), (host(a), host(b)));
+    let b = view_b(&b, b_view_dims, b_transposed);
+    assert_eq!(b.rows, k, "matmul: [{m}, {k}] · [{}, {}]", b.rows, b.cols);
+    let n = b.cols;
+    let mut out = vec![0.0; m * n];
+    matmul_into(&mut out, n, MatRef::new(&a, m, k, k), b, 1.0, true);
+    to_device(out, [m, n], &device)
+}
+
+/// `(da, db)` of `a · b`: da = dy · bᵀ `[m, k]`, db = aᵀ · dy `[k, n]`
+/// (with `b_transposed`: dbᵀ = dyᵀ · a `[n, k]`, the layout `b` came in).
+pub fn matmul_backward<B: HostCopy>(
+    a: Tensor<B, 2>,
+    b: Tensor<B, 2>,
+    dy: Tensor<B, 2>,
+    b_transposed: bool,
+) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    let ([m, k], b_dims, [_, n], device) = (a.dims(), b.dims(), dy.dims(), a.device());
+    let (a, b, dy) = (host(a), host(b), host(dy));
+    let (a, b, dy) = (MatRef::new(&a, m, k, k), view_b(&b, b_dims, b_transposed), MatRef::new(&dy, m, n, n));
+    let (mut da, mut db) = (vec![0.0; m * k], vec![0.0; k * n]);
+    matmul_into(&mut da, k, dy, b.t(), 1.0, true); // [m, n] · [n, k]
+    match b_transposed {
+        false => matmul_into(&mut db, n, a.t(), dy, 1.0, true), // [k, m] · [m, n]
+        true => matmul_into(&mut db, k, dy.t(), a, 1.0, true),  // [n, m] · [m, k]
+    }
+    (to_device(da, [m, k], &device), to_device(db, b_dims, &device))
+}
+
+/// The `[k, n]` view of `b`, whose buffer holds `dims` (bᵀ when `transposed`).
+fn view_b(b: &[f32], dims: [usize; 2], transposed: bool) -> MatRef<'_> {
+    let view = MatRef::new(b, dims[0], dims[1], dims[1]);
+    if transposed { view.t() } else { view }
+}
