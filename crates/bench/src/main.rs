@@ -27,8 +27,9 @@ use model::{Gpt, GptConfig};
 use train::clip::clip_grad_norm;
 use train::optim::{Optim, OptimizerKind};
 
+// mimalloc, keeping freed memory for reuse (see `train::alloc`).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: train::alloc::MiMalloc = train::alloc::MiMalloc;
 
 #[derive(Parser, Debug)]
 #[command(about = "Measure training throughput (tokens/s, step time, peak memory) per model shape")]
@@ -98,6 +99,7 @@ struct Record {
 }
 
 fn main() -> Result<()> {
+    train::alloc::keep_freed_memory();
     let args = Args::parse();
     for preset in &args.preset {
         let cfg = shape(&args, preset)?;

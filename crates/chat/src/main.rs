@@ -24,9 +24,9 @@ use train::adapter::load_with_adapter;
 use train::checkpoint::{load_run_model, read_stage};
 use train::run_on_device;
 
-// Same reason as in pretrain: reuse freed buffers instead of page-faulting.
+// mimalloc, keeping freed memory for reuse (see `train::alloc`).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: train::alloc::MiMalloc = train::alloc::MiMalloc;
 
 // ---------------------------------------------------------------------------
 // 1. Command line
@@ -82,6 +82,7 @@ struct Args {
 }
 
 fn main() -> std::process::ExitCode {
+    train::alloc::keep_freed_memory();
     let args = Args::parse();
     train::run::exit_code(run_on_device!(&args.device, run(args.clone())))
 }

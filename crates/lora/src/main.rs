@@ -29,9 +29,9 @@ use train::run::{find_in_repo, load_init, load_questions, print_plan, start_run}
 use train::sft_task::SftTask;
 use train::{Plan, TrainArgs, run_on_device};
 
-// Reuse freed tensor buffers instead of page-faulting them in every step.
+// mimalloc, keeping freed memory for reuse (see `train::alloc`).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: train::alloc::MiMalloc = train::alloc::MiMalloc;
 
 // ---------------------------------------------------------------------------
 // 1. Command line
@@ -121,6 +121,7 @@ const DEFAULTS: &[(&str, &str)] = &[
 ];
 
 fn main() -> std::process::ExitCode {
+    train::alloc::keep_freed_memory();
     let args: Args = train::args::parse_with_defaults(DEFAULTS);
     train::run::exit_code(match &args.command {
         Some(Command::Merge(merge_args)) => merge(merge_args),

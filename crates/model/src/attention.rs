@@ -58,19 +58,26 @@ impl<B: Backend> MultiHeadAttention<B> {
     /// earlier ones come from (and are appended to) the cache.
     pub fn forward(&self, x: Tensor<B, 3>, cache: Option<&mut LayerCache<B>>) -> Tensor<B, 3> {
         let [batch, seq, d_model] = x.dims();
-        let queries = self.query.forward(x.clone()); // [batch, seq, d_model]: every head side by side
+        let y = self.forward_rows(kernels::to_rows(x), batch, seq, cache);
+        kernels::from_rows(y, [batch, seq, d_model])
+    }
+
+    /// The same on rows: `x [batch·seq, d_model]`, sequence after sequence.
+    pub fn forward_rows(&self, x: Tensor<B, 2>, batch: usize, seq: usize, cache: Option<&mut LayerCache<B>>) -> Tensor<B, 2> {
+        let d_model = x.dims()[1];
+        let queries = self.query.forward(x.clone()); // [batch·seq, d_model]: every head side by side
         let keys = self.key.forward(x.clone());
         let values = self.value.forward(x);
 
         let context_vec = match cache {
             // Training and scoring: one kernel call, which reads each head's
             // columns in place (see `kernels::causal_attention`).
-            None if self.fused => kernels::causal_attention(queries, keys, values, self.n_heads),
+            None if self.fused => kernels::causal_attention(queries, keys, values, batch, self.n_heads),
             cache => {
                 let head_dim = d_model / self.n_heads;
-                // [batch, seq, d_model] → [batch, seq, heads, head_dim] → [batch, heads, seq, head_dim]
+                // [batch·seq, d_model] → [batch, seq, heads, head_dim] → [batch, heads, seq, head_dim]
                 let split_heads =
-                    |t: Tensor<B, 3>| t.reshape([batch, seq, self.n_heads, head_dim]).swap_dims(1, 2);
+                    |t: Tensor<B, 2>| t.reshape([batch, seq, self.n_heads, head_dim]).swap_dims(1, 2);
                 let (queries, keys, values) = (split_heads(queries), split_heads(keys), split_heads(values));
                 // With a cache: keys/values grow to [batch, heads, past + seq, head_dim].
                 let (keys, values) = match cache {
@@ -82,8 +89,8 @@ impl<B: Backend> MultiHeadAttention<B> {
                 } else {
                     self.plain_attention(queries, keys, values)
                 }; // [batch, heads, seq, head_dim]
-                // [batch, heads, seq, head_dim] → [batch, seq, heads, head_dim] → [batch, seq, d_model]
-                context_vec.swap_dims(1, 2).reshape([batch, seq, d_model])
+                // [batch, heads, seq, head_dim] → [batch, seq, heads, head_dim] → [batch·seq, d_model]
+                context_vec.swap_dims(1, 2).reshape([batch * seq, d_model])
             }
         };
         self.resid_dropout.forward(self.out_proj.forward(context_vec))

@@ -64,6 +64,16 @@ impl<B: Backend> Gpt<B> {
     /// `tokens [batch, seq]` → `logits [batch, seq, vocab]`: at every position,
     /// a score for each possible next token.
     pub fn forward(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let [batch, seq] = tokens.dims();
+        let logits = self.forward_from(tokens, None);
+        let vocab = logits.dims()[1];
+        kernels::from_rows(logits, [batch, seq, vocab])
+    }
+
+    /// The same logits as rows, `[batch·seq, vocab]` (position after
+    /// position, sequence after sequence): the layout losses want, without
+    /// the reshapes (which burn-ndarray implements as copies).
+    pub fn forward_rows(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 2> {
         self.forward_from(tokens, None)
     }
 
@@ -71,11 +81,17 @@ impl<B: Backend> Gpt<B> {
     /// are read from `cache`, and these are appended to it. Gives the same
     /// logits as running `forward` on the whole sequence (tested).
     pub fn forward_cached(&self, tokens: Tensor<B, 2, Int>, cache: &mut KvCache<B>) -> Tensor<B, 3> {
-        self.forward_from(tokens, Some(cache))
+        let [batch, seq] = tokens.dims();
+        let logits = self.forward_from(tokens, Some(cache));
+        let vocab = logits.dims()[1];
+        kernels::from_rows(logits, [batch, seq, vocab])
     }
 
-    fn forward_from(&self, tokens: Tensor<B, 2, Int>, mut cache: Option<&mut KvCache<B>>) -> Tensor<B, 3> {
-        let [_batch, seq] = tokens.dims();
+    /// `tokens [batch, seq]` → `logits [batch·seq, vocab]`. Activations
+    /// travel as rows, `[batch·seq, d_model]`: every layer but attention
+    /// treats each position on its own, and attention is told `batch`.
+    fn forward_from(&self, tokens: Tensor<B, 2, Int>, mut cache: Option<&mut KvCache<B>>) -> Tensor<B, 2> {
+        let [batch, seq] = tokens.dims();
         let past = cache.as_ref().map_or(0, |c| c.len());
         assert!(
             past + seq <= self.context_length,
@@ -87,21 +103,18 @@ impl<B: Backend> Gpt<B> {
         let positions = Tensor::<B, 1, Int>::arange(past as i64..(past + seq) as i64, &device).reshape([1, seq]);
         // [batch, seq, d_model] + [1, seq, d_model] (broadcast over the batch)
         let x = self.token_emb.forward(tokens) + self.pos_emb.forward(positions);
-        let mut x = self.emb_dropout.forward(x);
+        let mut x = kernels::to_rows(self.emb_dropout.forward(x)); // [batch·seq, d_model]
         for (i, block) in self.blocks.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            x = block.forward(x, layer_cache);
+            x = block.forward_rows(x, batch, seq, layer_cache);
         }
         let x = self.final_norm.forward(x);
         self.head(x)
     }
 
-    /// `[batch, seq, d_model]` → `[batch, seq, vocab]`.
-    fn head(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let [batch, seq, d_model] = x.dims();
-        // One 2-D matmul over all positions (see `LoraLinear::forward` for why).
-        let x = x.reshape([batch * seq, d_model]); // [batch·seq, d_model]
-        let logits = match &self.lm_head {
+    /// `[batch·seq, d_model]` → `[batch·seq, vocab]`.
+    fn head(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        match &self.lm_head {
             Some(head) => head.forward(x),
             None => {
                 // Tied: logits = x · Eᵀ, E = token_emb [vocab, d_model].
@@ -109,17 +122,14 @@ impl<B: Backend> Gpt<B> {
                 let emb = self.token_emb.weight.val(); // [vocab, d_model]
                 kernels::matmul_bt(x, emb) // [batch·seq, d_model] · [d_model, vocab] → [batch·seq, vocab]
             }
-        };
-        let vocab = logits.dims()[1];
-        logits.reshape([batch, seq, vocab])
+        }
     }
 
     /// Mean next-token cross-entropy of `inputs [b, t]` against `targets [b, t]`.
     pub fn loss(&self, inputs: Tensor<B, 2, Int>, targets: Tensor<B, 2, Int>) -> Tensor<B, 1> {
-        let logits = self.forward(inputs);
-        let [batch, seq, vocab] = logits.dims();
-        // Flatten every position into one row: [b·t, vocab] and [b·t].
-        cross_entropy(logits.reshape([batch * seq, vocab]), targets.reshape([batch * seq]))
+        let [batch, seq] = targets.dims();
+        // Every position is one row: logits [b·t, vocab] against targets [b·t].
+        cross_entropy(self.forward_rows(inputs), targets.reshape([batch * seq]))
     }
 
     /// Ids of the embedding tables, which AdamW leaves out of weight decay.

@@ -124,17 +124,17 @@ impl<B: Backend> LoraLinear<B> {
         Self { base, adapter: None }
     }
 
-    /// `[batch, seq, d_in]` → `[batch, seq, d_out]`.
-    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let [batch, seq, d_in] = x.dims();
-        // Every position goes through the same weight, so fold the batch into
-        // the rows: one [batch·seq, d_in]·[d_in, d_out] matmul. Given the 3-D
-        // tensor, burn broadcasts the weight over the batch instead, and its
-        // backward pass then builds one weight gradient per sequence and sums
-        // them: `batch` times the work and memory for the same result.
-        let x = x.reshape([batch * seq, d_in]); // [batch·seq, d_in]
-        // x·W + b, with the product as a kernel (see `kernels::matmul`).
-        let y = kernels::matmul(x.clone(), self.base.weight.val()); // [batch·seq, d_in]·[d_in, d_out]
+    /// `[..., d_in]` → `[..., d_out]`, any rank (the model passes 2-D rows).
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let mut dims = x.dims();
+        // Every position goes through the same weight, so fold all leading
+        // dimensions into rows: one [positions, d_in]·[d_in, d_out] matmul.
+        // Given a 3-D tensor, burn would broadcast the weight over the batch
+        // instead, and its backward pass then builds one weight gradient per
+        // sequence and sums them: `batch` times the work for the same result.
+        let x = kernels::to_rows(x); // [positions, d_in]
+        // x·W + b, the product as a kernel (see `kernels::matmul`).
+        let y = kernels::matmul(x.clone(), self.base.weight.val()); // [positions, d_in]·[d_in, d_out]
         let y = match &self.base.bias {
             Some(bias) => y + bias.val().unsqueeze(), // + [1, d_out]
             None => y,
@@ -142,9 +142,9 @@ impl<B: Backend> LoraLinear<B> {
         let y = match &self.adapter {
             Some(adapter) => y + adapter.forward(x),
             None => y,
-        }; // [batch·seq, d_out]
-        let d_out = y.dims()[1];
-        y.reshape([batch, seq, d_out])
+        }; // [positions, d_out]
+        dims[D - 1] = y.dims()[1];
+        kernels::from_rows(y, dims)
     }
 
     /// Freezes the base and attaches a fresh adapter.

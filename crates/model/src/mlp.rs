@@ -31,8 +31,9 @@ impl<B: Backend> Mlp<B> {
         }
     }
 
-    /// `[batch, seq, d_model]` → `[batch, seq, 4·d_model]` → `[batch, seq, d_model]`.
-    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    /// `[..., d_model]` → `[..., 4·d_model]` → `[..., d_model]`, any rank
+    /// (the model passes 2-D rows, one per position).
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         // GELU, a smooth ReLU, in GPT-2's tanh form:
         // 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))). It stays within 5e-4 of
         // the exact x·Φ(x) (burn's `gelu`, tested below) and is what GPT-2 and

@@ -9,7 +9,7 @@
 use burn::module::{Module, Param};
 use burn::tensor::Tensor;
 
-use crate::Backend;
+use crate::{Backend, kernels};
 
 #[derive(Module, Debug)]
 pub struct LayerNorm<B: Backend> {
@@ -31,12 +31,12 @@ impl<B: Backend> LayerNorm<B> {
         }
     }
 
-    /// `[batch, seq, d_model]` → `[batch, seq, d_model]`, normalising over `d_model`.
-    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let [batch, seq, d_model] = x.dims();
-        let rows = x.reshape([batch * seq, d_model]); // [batch·seq, d_model]: one row per position
+    /// `[..., d_model]` → `[..., d_model]` (any rank), normalising over `d_model`.
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let dims = x.dims();
+        let rows = kernels::to_rows(x); // [positions, d_model]: one row per position
         let (y, _mean, _rstd) = B::layer_norm_rows(rows, self.gamma.val(), self.beta.val(), self.epsilon);
-        y.reshape([batch, seq, d_model])
+        kernels::from_rows(y, dims)
     }
 }
 

@@ -7,18 +7,24 @@
 //! (not raw likelihoods) keeps the policy from drifting far from the model it
 //! started as: β sets how hard that leash pulls.
 
-use burn::tensor::activation::{log_sigmoid, log_softmax};
+use burn::tensor::activation::log_sigmoid;
 use burn::tensor::{Int, Tensor};
-use crate::Backend;
+use crate::loss::token_nll;
+use crate::{Backend, kernels};
 
 /// Sum of the log-probabilities of the masked target tokens, per row:
-/// logits `[rows, seq, vocab]`, targets `[rows, seq]`, mask `[rows, seq]` → `[rows]`.
+/// logits `[rows, seq, vocab]` (or already as rows, `[rows·seq, vocab]`),
+/// targets `[rows, seq]`, mask `[rows, seq]` → `[rows]`.
 /// With the SFT mask this is log π(answer | prompt).
-pub fn sequence_log_probs<B: Backend>(logits: Tensor<B, 3>, targets: Tensor<B, 2, Int>, mask: Tensor<B, 2>) -> Tensor<B, 1> {
-    let [rows, seq, _vocab] = logits.dims();
-    let log_probs = log_softmax(logits, 2); // [rows, seq, vocab]
-    let picked = log_probs.gather(2, targets.reshape([rows, seq, 1])).reshape([rows, seq]); // [rows, seq]
-    (picked * mask).sum_dim(1).reshape([rows])
+pub fn sequence_log_probs<B: Backend, const D: usize>(
+    logits: Tensor<B, D>,
+    targets: Tensor<B, 2, Int>,
+    mask: Tensor<B, 2>,
+) -> Tensor<B, 1> {
+    let [rows, seq] = targets.dims();
+    // log softmax(z)[y] = −(cross-entropy of y): the fused kernel, one row per position.
+    let nll = token_nll(kernels::to_rows(logits), targets.reshape([rows * seq])); // [rows·seq]
+    (nll.neg().reshape([rows, seq]) * mask).sum_dim(1).reshape([rows])
 }
 
 /// The loss and the numbers worth watching, per batch.

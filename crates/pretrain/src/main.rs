@@ -23,12 +23,9 @@ use train::run::{find_in_repo, print_plan, print_sample, start_run};
 use train::task::PretrainTask;
 use train::{Plan, TrainArgs, run_on_device};
 
-// Tensors of the same few shapes are allocated and freed every step. The
-// system allocator hands large blocks back to the OS at once, so each step
-// page-faults them in again (15% of CPU time, measured with perf); mimalloc
-// keeps and reuses them.
+// mimalloc, keeping freed memory for reuse (see `train::alloc`).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: train::alloc::MiMalloc = train::alloc::MiMalloc;
 
 // ---------------------------------------------------------------------------
 // 1. Command line
@@ -103,6 +100,7 @@ const DEFAULTS: &[(&str, &str)] = &[
 ];
 
 fn main() -> std::process::ExitCode {
+    train::alloc::keep_freed_memory();
     let args: Args = train::args::parse_with_defaults(DEFAULTS);
     train::run::exit_code(run_on_device!(&args.train.device, run(args.clone())))
 }

@@ -48,7 +48,7 @@ pub fn answer_log_probs<B: Backend>(model: &Gpt<B>, rows: &SftBatch, device: &B:
     let inputs = int_tensor::<B>(&rows.inputs, n, t, device);
     let targets = int_tensor::<B>(&rows.targets, n, t, device);
     let mask = Tensor::<B, 2>::from_data(TensorData::new(rows.mask.clone(), [n, t]), device);
-    sequence_log_probs(model.forward(inputs), targets, mask)
+    sequence_log_probs(model.forward_rows(inputs), targets, mask) // logits [n·t, vocab]
 }
 
 impl<R: Backend> DpoTask<R> {

@@ -6,6 +6,7 @@
 //! [`trainer::train`]. Nothing of the loop is copied per stage.
 
 pub mod adapter;
+pub mod alloc;
 pub mod args;
 pub mod checkpoint;
 pub mod clip;

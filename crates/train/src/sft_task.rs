@@ -39,9 +39,7 @@ pub fn sft_loss<B: Backend>(model: &Gpt<B>, batch: &SftBatch, device: &B::Device
     let inputs = int_tensor::<B>(&batch.inputs, b, t, device);
     let targets = int_tensor::<B>(&batch.targets, b, t, device).reshape([b * t]);
     let mask = Tensor::<B, 1>::from_data(TensorData::new(batch.mask.clone(), [b * t]), device);
-    let logits = model.forward(inputs); // [b, t, vocab]
-    let vocab = logits.dims()[2];
-    masked_cross_entropy(logits.reshape([b * t, vocab]), targets, mask)
+    masked_cross_entropy(model.forward_rows(inputs), targets, mask) // logits [b·t, vocab]
 }
 
 /// The greedy reply of `model` to a conversation's prompt (all turns but the

@@ -129,14 +129,15 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
     }
 
     fn causal_attention(
-        q: Tensor<Self, 3>,
-        k: Tensor<Self, 3>,
-        v: Tensor<Self, 3>,
+        q: Tensor<Self, 2>,
+        k: Tensor<Self, 2>,
+        v: Tensor<Self, 2>,
+        batch: usize,
         n_heads: usize,
-    ) -> (Tensor<Self, 3>, Tensor<Self, 4>) {
+    ) -> (Tensor<Self, 2>, Tensor<Self, 4>) {
         let (q, k, v) = (q.into_primitive().tensor(), k.into_primitive().tensor(), v.into_primitive().tensor());
-        let (context, weights) =
-            B::causal_attention(tensor(q.primitive.clone()), tensor(k.primitive.clone()), tensor(v.primitive.clone()), n_heads);
+        let (q_in, k_in, v_in) = (tensor(q.primitive.clone()), tensor(k.primitive.clone()), tensor(v.primitive.clone()));
+        let (context, weights) = B::causal_attention(q_in, k_in, v_in, batch, n_heads);
         let context = float(context);
         let node = CausalAttention { n_heads };
         let out = match node.prepare::<C>([q.node, k.node, v.node]).compute_bound().stateful() {
@@ -190,7 +191,7 @@ struct CausalAttention {
 }
 
 impl<B: Kernels> Backward<B, 3> for CausalAttention {
-    // q, k, v [batch, seq, d_model], weights [batch, heads, seq, seq]
+    // q, k, v [batch·seq, d_model], weights [batch, heads, seq, seq]
     type State = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, FloatTensor<B>);
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {

@@ -18,15 +18,17 @@ use rayon::prelude::*;
 use super::cpu::{HostCopy, exp, host, sum, to_device};
 use super::matmul::{MatRef, matmul_into};
 
-/// `q, k, v [batch, seq, d_model]` → `(context [batch, seq, d_model],
+/// `q, k, v [batch·seq, d_model]` → `(context [batch·seq, d_model],
 /// weights [batch, heads, seq, seq])`; see `Kernels::causal_attention`.
 pub fn causal_attention<B: HostCopy>(
-    q: Tensor<B, 3>,
-    k: Tensor<B, 3>,
-    v: Tensor<B, 3>,
+    q: Tensor<B, 2>,
+    k: Tensor<B, 2>,
+    v: Tensor<B, 2>,
+    batch: usize,
     n_heads: usize,
-) -> (Tensor<B, 3>, Tensor<B, 4>) {
-    let ([batch, seq, d_model], device) = (q.dims(), q.device());
+) -> (Tensor<B, 2>, Tensor<B, 4>) {
+    let ([rows, d_model], device) = (q.dims(), q.device());
+    let seq = rows / batch;
     let (hd, scale) = head_dim_and_scale(d_model, n_heads);
     let (q, k, v) = (host(q), host(k), host(v));
     let mut context = vec![0.0; batch * seq * d_model];
@@ -52,7 +54,7 @@ pub fn causal_attention<B: HostCopy>(
             }
         },
     );
-    (to_device(context, [batch, seq, d_model], &device), to_device(weights, [batch, n_heads, seq, seq], &device))
+    (to_device(context, [rows, d_model], &device), to_device(weights, [batch, n_heads, seq, seq], &device))
 }
 
 /// Softmax over `row[..=i]` (the keys query `i` may see); the future keys
@@ -66,17 +68,17 @@ fn causal_softmax_row(row: &mut [f32], i: usize) {
     future.fill(0.0);
 }
 
-/// `(dq, dk, dv)`, each `[batch, seq, d_model]`; see the formulas at
+/// `(dq, dk, dv)`, each `[batch·seq, d_model]`; see the formulas at
 /// `Kernels::causal_attention_backward`.
 pub fn causal_attention_backward<B: HostCopy>(
-    q: Tensor<B, 3>,
-    k: Tensor<B, 3>,
-    v: Tensor<B, 3>,
+    q: Tensor<B, 2>,
+    k: Tensor<B, 2>,
+    v: Tensor<B, 2>,
     weights: Tensor<B, 4>,
-    dcontext: Tensor<B, 3>,
+    dcontext: Tensor<B, 2>,
     n_heads: usize,
-) -> (Tensor<B, 3>, Tensor<B, 3>, Tensor<B, 3>) {
-    let ([batch, seq, d_model], device) = (q.dims(), q.device());
+) -> (Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 2>) {
+    let ([rows, d_model], [_, _, seq, _], device) = (q.dims(), weights.dims(), q.device());
     let (hd, scale) = head_dim_and_scale(d_model, n_heads);
     let (q, k, v, weights, dcontext) = (host(q), host(k), host(v), host(weights), host(dcontext));
     let per_seq = seq * d_model;
@@ -106,7 +108,7 @@ pub fn causal_attention_backward<B: HostCopy>(
             matmul_into(&mut dk[h * hd..], d_model, ds.t(), head(q), 1.0, false);
         }
     });
-    let shape = [batch, seq, d_model];
+    let shape = [rows, d_model];
     (to_device(dq, shape, &device), to_device(dk, shape, &device), to_device(dv, shape, &device))
 }
 
@@ -118,7 +120,7 @@ fn head_view(x: &[f32], h: usize, seq: usize, d_model: usize, n_heads: usize) ->
 
 /// Each head's width, and the 1/√head_dim its scores are scaled by.
 fn head_dim_and_scale(d_model: usize, n_heads: usize) -> (usize, f32) {
-    assert!(n_heads > 0 && d_model % n_heads == 0, "d_model {d_model} does not split into {n_heads} heads");
+    assert!(n_heads > 0 && d_model.is_multiple_of(n_heads), "d_model {d_model} does not split into {n_heads} heads");
     let hd = d_model / n_heads;
     (hd, 1.0 / (hd as f32).sqrt())
 }

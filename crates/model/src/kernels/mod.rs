@@ -112,27 +112,29 @@ pub trait Kernels: burn::tensor::backend::Backend {
     ) -> (Tensor<Self, 2>, Tensor<Self, 2>) {
         reference::matmul_backward(a, b, dy, b_transposed)
     }
-    /// Causal self-attention of `q, k, v [batch, seq, d_model]`, whose last
-    /// dimension holds `n_heads` heads side by side: returns `(context
-    /// [batch, seq, d_model], weights [batch, heads, seq, seq])`, the
-    /// weights being softmax(QKᵀ/√head_dim) with the future masked out.
+    /// Causal self-attention of `batch` sequences given as rows, `q, k, v
+    /// [batch·seq, d_model]` (sequence after sequence), whose last dimension
+    /// holds `n_heads` heads side by side: returns `(context [batch·seq,
+    /// d_model], weights [batch, heads, seq, seq])`, the weights being
+    /// softmax(QKᵀ/√head_dim) with the future masked out.
     fn causal_attention(
-        q: Tensor<Self, 3>,
-        k: Tensor<Self, 3>,
-        v: Tensor<Self, 3>,
+        q: Tensor<Self, 2>,
+        k: Tensor<Self, 2>,
+        v: Tensor<Self, 2>,
+        batch: usize,
         n_heads: usize,
-    ) -> (Tensor<Self, 3>, Tensor<Self, 4>) {
-        reference::causal_attention(q, k, v, n_heads)
+    ) -> (Tensor<Self, 2>, Tensor<Self, 4>) {
+        reference::causal_attention(q, k, v, batch, n_heads)
     }
     /// `(dq, dk, dv)` from the forward's inputs, its weights and dL/dcontext.
     fn causal_attention_backward(
-        q: Tensor<Self, 3>,
-        k: Tensor<Self, 3>,
-        v: Tensor<Self, 3>,
+        q: Tensor<Self, 2>,
+        k: Tensor<Self, 2>,
+        v: Tensor<Self, 2>,
         weights: Tensor<Self, 4>,
-        dcontext: Tensor<Self, 3>,
+        dcontext: Tensor<Self, 2>,
         n_heads: usize,
-    ) -> (Tensor<Self, 3>, Tensor<Self, 3>, Tensor<Self, 3>) {
+    ) -> (Tensor<Self, 2>, Tensor<Self, 2>, Tensor<Self, 2>) {
         reference::causal_attention_backward(q, k, v, weights, dcontext, n_heads)
     }
 }
@@ -197,21 +199,22 @@ macro_rules! cpu_kernels {
                 matmul::matmul_backward(a, b, dy, b_transposed)
             }
             fn causal_attention(
-                q: Tensor<Self, 3>,
-                k: Tensor<Self, 3>,
-                v: Tensor<Self, 3>,
+                q: Tensor<Self, 2>,
+                k: Tensor<Self, 2>,
+                v: Tensor<Self, 2>,
+                batch: usize,
                 n_heads: usize,
-            ) -> (Tensor<Self, 3>, Tensor<Self, 4>) {
-                cpu_attention::causal_attention(q, k, v, n_heads)
+            ) -> (Tensor<Self, 2>, Tensor<Self, 4>) {
+                cpu_attention::causal_attention(q, k, v, batch, n_heads)
             }
             fn causal_attention_backward(
-                q: Tensor<Self, 3>,
-                k: Tensor<Self, 3>,
-                v: Tensor<Self, 3>,
+                q: Tensor<Self, 2>,
+                k: Tensor<Self, 2>,
+                v: Tensor<Self, 2>,
                 weights: Tensor<Self, 4>,
-                dcontext: Tensor<Self, 3>,
+                dcontext: Tensor<Self, 2>,
                 n_heads: usize,
-            ) -> (Tensor<Self, 3>, Tensor<Self, 3>, Tensor<Self, 3>) {
+            ) -> (Tensor<Self, 2>, Tensor<Self, 2>, Tensor<Self, 2>) {
                 cpu_attention::causal_attention_backward(q, k, v, weights, dcontext, n_heads)
             }
         }
@@ -224,20 +227,37 @@ cpu_kernels!(burn::backend::Flex);
 #[cfg(feature = "cuda")]
 impl Kernels for burn::backend::Cuda<f32, i32> {}
 
+/// `[..., cols]` → `[rows, cols]`: every leading index becomes one row.
+/// A 2-D tensor passes through with no operation at all: burn-ndarray
+/// copies the data on every reshape, even one that changes nothing, and the
+/// model keeps its activations 2-D for that reason (see `Gpt::forward_rows`).
+pub fn to_rows<B: burn::tensor::backend::Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, 2> {
+    if D == 2 {
+        return Tensor::from_primitive(x.into_primitive());
+    }
+    let cols = x.dims()[D - 1];
+    let rows = x.shape().num_elements() / cols;
+    x.reshape([rows, cols])
+}
+
+/// The inverse of [`to_rows`]: `[rows, cols]` → `dims`, free when `D` is 2.
+pub fn from_rows<B: burn::tensor::backend::Backend, const D: usize>(x: Tensor<B, 2>, dims: [usize; D]) -> Tensor<B, D> {
+    if D == 2 {
+        return Tensor::from_primitive(x.into_primitive());
+    }
+    x.reshape(dims)
+}
+
 /// Softmax over the last dimension, any rank: `[..., cols]` → `[..., cols]`.
 pub fn softmax_last<B: Kernels, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     let dims = x.dims();
-    let cols = dims[D - 1];
-    let rows = x.shape().num_elements() / cols;
-    B::softmax_rows(x.reshape([rows, cols])).reshape(dims) // [rows, cols] → [..., cols]
+    from_rows(B::softmax_rows(to_rows(x)), dims)
 }
 
 /// GPT-2's GELU, any rank.
 pub fn gelu<B: Kernels, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     let dims = x.dims();
-    let cols = dims[D - 1];
-    let rows = x.shape().num_elements() / cols;
-    B::gelu_tanh(x.reshape([rows, cols])).reshape(dims) // [rows, cols] → [..., cols]
+    from_rows(B::gelu_tanh(to_rows(x)), dims)
 }
 
 /// `a [m, k] · b [k, n]` → `[m, n]` (see [`matmul`]).
@@ -250,10 +270,16 @@ pub fn matmul_bt<B: Kernels>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 2> {
     B::matmul(a, b, true)
 }
 
-/// Causal multi-head self-attention: `q, k, v [batch, seq, d_model]` →
-/// `context [batch, seq, d_model]` (see [`Kernels::causal_attention`]).
-pub fn causal_attention<B: Kernels>(q: Tensor<B, 3>, k: Tensor<B, 3>, v: Tensor<B, 3>, n_heads: usize) -> Tensor<B, 3> {
-    B::causal_attention(q, k, v, n_heads).0
+/// Causal multi-head self-attention: `q, k, v [batch·seq, d_model]` →
+/// `context [batch·seq, d_model]` (see [`Kernels::causal_attention`]).
+pub fn causal_attention<B: Kernels>(
+    q: Tensor<B, 2>,
+    k: Tensor<B, 2>,
+    v: Tensor<B, 2>,
+    batch: usize,
+    n_heads: usize,
+) -> Tensor<B, 2> {
+    B::causal_attention(q, k, v, batch, n_heads).0
 }
 
 /// Negative log-probability of each target: logits `[n, vocab]`, targets `[n]` → `[n]`.

@@ -120,28 +120,31 @@ pub fn matmul_backward<B: Backend>(
     }
 }
 
-/// `[batch, seq, heads·hd]` → `[batch, heads, seq, hd]`.
-fn split_heads<B: Backend>(x: Tensor<B, 3>, n_heads: usize) -> Tensor<B, 4> {
-    let [batch, seq, d_model] = x.dims();
-    x.reshape([batch, seq, n_heads, d_model / n_heads]).swap_dims(1, 2)
+/// `[batch·seq, heads·hd]` → `[batch, heads, seq, hd]`.
+fn split_heads<B: Backend>(x: Tensor<B, 2>, batch: usize, n_heads: usize) -> Tensor<B, 4> {
+    let [rows, d_model] = x.dims();
+    x.reshape([batch, rows / batch, n_heads, d_model / n_heads]).swap_dims(1, 2)
 }
 
-/// `[batch, heads, seq, hd]` → `[batch, seq, heads·hd]`.
-fn merge_heads<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 3> {
+/// `[batch, heads, seq, hd]` → `[batch·seq, heads·hd]`.
+fn merge_heads<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 2> {
     let [batch, heads, seq, hd] = x.dims();
-    x.swap_dims(1, 2).reshape([batch, seq, heads * hd])
+    x.swap_dims(1, 2).reshape([batch * seq, heads * hd])
 }
 
 /// `(context, weights)`: weights = softmax(Q·Kᵀ/√hd, future masked), context = weights·V.
 pub fn causal_attention<B: Backend>(
-    q: Tensor<B, 3>,
-    k: Tensor<B, 3>,
-    v: Tensor<B, 3>,
+    q: Tensor<B, 2>,
+    k: Tensor<B, 2>,
+    v: Tensor<B, 2>,
+    batch: usize,
     n_heads: usize,
-) -> (Tensor<B, 3>, Tensor<B, 4>) {
-    let [batch, seq, d_model] = q.dims();
+) -> (Tensor<B, 2>, Tensor<B, 4>) {
+    let [rows, d_model] = q.dims();
+    let seq = rows / batch;
     let scale = 1.0 / ((d_model / n_heads) as f64).sqrt();
-    let (q, k, v) = (split_heads(q, n_heads), split_heads(k, n_heads), split_heads(v, n_heads));
+    let split = |t| split_heads(t, batch, n_heads);
+    let (q, k, v) = (split(q), split(k), split(v));
     let scores = q.matmul(k.swap_dims(2, 3)) * scale; // [b, h, s, hd] · [b, h, hd, s] → [b, h, s, s]
     let future = causal_mask::<B>(seq, seq, &scores.device()); // [1, 1, s, s]
     let scores = scores.mask_fill(future, f32::NEG_INFINITY);
@@ -151,17 +154,18 @@ pub fn causal_attention<B: Backend>(
 
 /// `(dq, dk, dv)`; see the table in [`super`].
 pub fn causal_attention_backward<B: Backend>(
-    q: Tensor<B, 3>,
-    k: Tensor<B, 3>,
-    v: Tensor<B, 3>,
+    q: Tensor<B, 2>,
+    k: Tensor<B, 2>,
+    v: Tensor<B, 2>,
     weights: Tensor<B, 4>,
-    dcontext: Tensor<B, 3>,
+    dcontext: Tensor<B, 2>,
     n_heads: usize,
-) -> (Tensor<B, 3>, Tensor<B, 3>, Tensor<B, 3>) {
-    let [_, _, d_model] = q.dims();
+) -> (Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 2>) {
+    let ([_, d_model], batch) = (q.dims(), weights.dims()[0]);
     let scale = 1.0 / ((d_model / n_heads) as f64).sqrt();
-    let (q, k, v) = (split_heads(q, n_heads), split_heads(k, n_heads), split_heads(v, n_heads));
-    let d_out = split_heads(dcontext, n_heads); // [b, h, s, hd]
+    let split = |t| split_heads(t, batch, n_heads);
+    let (q, k, v) = (split(q), split(k), split(v));
+    let d_out = split(dcontext); // [b, h, s, hd]
     let dv = weights.clone().swap_dims(2, 3).matmul(d_out.clone()); // [b, h, s, s] · [b, h, s, hd]
     let dp = d_out.matmul(v.swap_dims(2, 3)); // [b, h, s, hd] · [b, h, hd, s] → [b, h, s, s]
     let dot = (weights.clone() * dp.clone()).sum_dim(3); // [b, h, s, 1]

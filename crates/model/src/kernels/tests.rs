@@ -149,15 +149,13 @@ fn plain_layer_norm_backward_matches_autodiff() {
 #[test]
 fn attention_matches_the_plain_formula_and_finite_differences() {
     let dims @ (batch, seq, d_model, heads) = (2, 7, 12, 3);
-    let rand = || Tensor::<CpuTrain, 3>::random([batch, seq, d_model], Distribution::Normal(0.0, 1.0), &Default::default());
-    let (q, k, v, w) = (rand(), rand(), rand(), rand());
-    let flat = |t: Tensor<Cpu, 3>| t.reshape([batch * seq, d_model]);
+    let (q, k, v, w) = [(); 4].map(|_| random(batch * seq, d_model, 1.0)).into(); // [batch·seq, d_model]
 
     // Values: kernel vs plain formula.
-    let (context, weights) = CpuTrain::causal_attention(q.clone(), k.clone(), v.clone(), heads);
-    let inner = |t: &Tensor<CpuTrain, 3>| t.clone().inner();
-    let (context_plain, weights_plain) = reference::causal_attention(inner(&q), inner(&k), inner(&v), heads);
-    assert_close(flat(context.inner()), flat(context_plain), "context");
+    let (context, weights) = CpuTrain::causal_attention(q.clone(), k.clone(), v.clone(), batch, heads);
+    let inner = |t: &Tensor<CpuTrain, 2>| t.clone().inner();
+    let (context_plain, weights_plain) = reference::causal_attention(inner(&q), inner(&k), inner(&v), batch, heads);
+    assert_close(context.inner(), context_plain, "context");
     let flat_w = |t: Tensor<Cpu, 4>| t.reshape([batch * heads * seq, seq]);
     assert_close(flat_w(weights.clone().inner()), flat_w(weights_plain.clone()), "weights");
     // Causal: query 2 gives no weight to keys 3 and later.
@@ -166,14 +164,14 @@ fn attention_matches_the_plain_formula_and_finite_differences() {
 
     // Gradients of L = Σ context ⊙ w.
     let [qg, kg, vg] = [&q, &k, &v].map(|t| t.clone().detach().require_grad());
-    let (context, _) = CpuTrain::causal_attention(qg.clone(), kg.clone(), vg.clone(), heads);
+    let (context, _) = CpuTrain::causal_attention(qg.clone(), kg.clone(), vg.clone(), batch, heads);
     let grads = (context * w.clone()).sum().backward();
-    let kernel = [&qg, &kg, &vg].map(|t| flat(t.grad(&grads).unwrap()));
+    let kernel = [&qg, &kg, &vg].map(|t| t.grad(&grads).unwrap());
     let (dq, dk, dv) =
         reference::causal_attention_backward(inner(&q), inner(&k), inner(&v), weights_plain, inner(&w), heads);
-    let plain = [dq, dk, dv].map(flat);
+    let plain = [dq, dk, dv];
 
-    let host = |t: &Tensor<CpuTrain, 3>| -> Vec<f64> {
+    let host = |t: &Tensor<CpuTrain, 2>| -> Vec<f64> {
         t.clone().into_data().to_vec::<f32>().unwrap().into_iter().map(f64::from).collect()
     };
     let inputs = [host(&q), host(&k), host(&v)];
@@ -196,7 +194,7 @@ fn attention_matches_the_plain_formula_and_finite_differences() {
 }
 
 /// Σ context ⊙ w for causal attention written as loops in f64: the ground
-/// truth the finite differences are taken of. Inputs `[batch, seq, d_model]`.
+/// truth the finite differences are taken of. Inputs `[batch·seq, d_model]`.
 fn naive_attention_loss(q: &[f64], k: &[f64], v: &[f64], w: &[f64], dims: (usize, usize, usize, usize)) -> f64 {
     let (batch, seq, d_model, heads) = dims;
     let hd = d_model / heads;
