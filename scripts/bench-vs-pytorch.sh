@@ -10,6 +10,10 @@
 # interpreter with torch installed; without them only this project's numbers
 # are printed. Each line is a JSON record; the table at the end gives
 # tokens/s and the ratio ours / PyTorch.
+#
+# A shared machine's speed drifts by 10-20% over minutes, so the whole set
+# is run ROUNDS times (default 3), ours and PyTorch's alternating, and the
+# table gives each one's median step time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +22,7 @@ PYTHON="${PYTHON:-python3}"
 TORCH_BENCH="${TORCH_BENCH:-../shared/bench/torch_gpt_bench.py}"
 STEPS_TINY="${STEPS_TINY:-20}"
 STEPS_MINI="${STEPS_MINI:-3}"
+ROUNDS="${ROUNDS:-3}"
 CORES="0-$((THREADS - 1))"
 export RAYON_NUM_THREADS="$THREADS"
 
@@ -38,14 +43,16 @@ else
   echo "note: no PyTorch reference (TORCH_BENCH=$TORCH_BENCH, PYTHON=$PYTHON); measuring this project only" >&2
 fi
 
-for shape in "${SHAPES[@]}"; do
-  read -r name vocab ctx d layers heads batch steps <<<"$shape"
-  for device in cpu flex; do
-    taskset -c "$CORES" ./target/release/bench --device "$device" --preset "$name" --vocab "$vocab" --ctx "$ctx" \
-      --d-model "$d" --layers "$layers" --heads "$heads" --batch "$batch" --steps "$steps" | tee -a "$out"
-  done
-  if [ "$have_torch" = 1 ]; then
-    taskset -c "$CORES" "$PYTHON" - "$TORCH_BENCH" "$THREADS" "$name" "$vocab" "$ctx" "$d" "$layers" "$heads" "$batch" "$steps" <<'EOF' | tee -a "$out"
+for round in $(seq "$ROUNDS"); do
+  echo "round $round of $ROUNDS" >&2
+  for shape in "${SHAPES[@]}"; do
+    read -r name vocab ctx d layers heads batch steps <<<"$shape"
+    for device in cpu flex; do
+      taskset -c "$CORES" ./target/release/bench --device "$device" --preset "$name" --vocab "$vocab" --ctx "$ctx" \
+        --d-model "$d" --layers "$layers" --heads "$heads" --batch "$batch" --steps "$steps" | tee -a "$out"
+    done
+    if [ "$have_torch" = 1 ]; then
+      taskset -c "$CORES" "$PYTHON" - "$TORCH_BENCH" "$THREADS" "$name" "$vocab" "$ctx" "$d" "$layers" "$heads" "$batch" "$steps" <<'EOF' | tee -a "$out"
 import importlib.util, sys
 path, threads, name, *dims = sys.argv[1:]
 vocab, ctx, d, layers, heads, batch, steps = map(int, dims)
@@ -55,20 +62,27 @@ spec.loader.exec_module(ref)
 ref.torch.set_num_threads(int(threads))
 ref.run(name + "-torch", vocab, ctx, d, layers, heads, batch, "fp32", False, steps=steps, warm=2, device="cpu")
 EOF
-  fi
+    fi
+  done
 done
 
 "$PYTHON" - "$out" "$THREADS" <<'EOF'
-import json, sys
+import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
-torch = {r["name"].removesuffix("-torch"): r for r in rows if r["name"].endswith("-torch")}
-print(f"\n{sys.argv[2]} threads | shape | backend | step ms | tokens/s | vs PyTorch")
+# Median step time per (shape, backend) over the rounds.
+runs = {}
 for r in rows:
-    if r["name"].endswith("-torch"):
-        continue
-    ref = torch.get(r["name"])
-    ratio = f"{r['tokens_per_s'] / ref['tokens_per_s']:.2f}x" if ref else "-"
-    print(f"| {r['name']} | {r['backend']} | {r['step_ms']:.0f} | {r['tokens_per_s']:,.0f} | {ratio} |")
-for name, r in torch.items():
-    print(f"| {name} | pytorch {r.get('dtype')} | {r['step_ms']:.0f} | {r['tokens_per_s']:,.0f} | 1.00x |")
+    torch = r["name"].endswith("-torch")
+    key = (r["name"].removesuffix("-torch"), "pytorch " + r.get("dtype", "") if torch else r["backend"])
+    runs.setdefault(key, []).append(r)
+def median(key):
+    ms = statistics.median(r["step_ms"] for r in runs[key])
+    r = runs[key][0]
+    return ms, r["batch"] * r["ctx"] / ms * 1000
+print(f"\n{sys.argv[2]} threads, median of {len(next(iter(runs.values())))} rounds | shape | backend | step ms | tokens/s | vs PyTorch")
+for (name, backend) in runs:
+    ms, tps = median((name, backend))
+    ref = next((k for k in runs if k[0] == name and k[1].startswith("pytorch")), None)
+    ratio = f"{tps / median(ref)[1]:.2f}x" if ref else "-"
+    print(f"| {name} | {backend} | {ms:.0f} | {tps:,.0f} | {ratio} |")
 EOF
