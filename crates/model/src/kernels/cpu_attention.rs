@@ -9,7 +9,7 @@
 //! `[seq, d_model]` rows (a head is just a column range, reached through
 //! strides, never copied), and the softmax runs in place on the scores.
 //!
-//! The matrix products are [`super::matmul`]'s, on strided views, so
+//! The matrix products are those of [`mod@super::matmul`], on strided views, so
 //! transposes cost nothing.
 
 use burn::tensor::Tensor;

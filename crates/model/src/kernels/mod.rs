@@ -1,5 +1,5 @@
-//! Fused kernels: the element-wise operations that dominate a CPU training
-//! step, each written as one operation with a hand-written backward pass.
+//! Fused kernels: the operations that dominate a CPU training step, each
+//! written as one operation with a hand-written backward pass.
 //!
 //! Why they exist: burn's autodiff records every primitive operation. A
 //! softmax becomes max, subtract, exp, sum and divide, and the backward pass
@@ -16,6 +16,12 @@
 //! | `cross_entropy_rows` | nll = logsumexp(z) − z[t] | dz = (softmax(z) − onehot(t)) · dnll |
 //! | `layer_norm_rows` | x̂ = (x − μ)·rstd, y = γ ⊙ x̂ + β | g = dy ⊙ γ; dx = rstd·(g − mean(g) − x̂·mean(g ⊙ x̂)); dγ = Σ dy ⊙ x̂; dβ = Σ dy |
 //! | `causal_attention` | P = softmax(QKᵀ/√d, future masked), O = P·V | dV = Pᵀ·dO; dP = dO·Vᵀ; dS = P ⊙ (dP − Σ P ⊙ dP)/√d; dQ = dS·K; dK = dSᵀ·Q |
+//! | `matmul` | y = a·b | da = dy·bᵀ; db = aᵀ·dy |
+//!
+//! Attention and matmul are there for the copies they avoid: burn splits
+//! heads with a transpose and makes it contiguous before each product, and
+//! its matmul backward materialises the transposes; the CPU versions read
+//! the same memory through strides instead ([`matmul::MatRef`]).
 //!
 //! Three layers, one file each:
 //! - this file: the [`Kernels`] trait, whose default methods are the plain
@@ -23,13 +29,14 @@
 //!   the tests compare everything against);
 //! - [`cpu`]: the same formulas as loops over host memory, one pass per
 //!   row, split across cores with rayon, for the two CPU backends
-//!   ([`cpu_attention`] for attention, whose loops are small matrix products);
+//!   ([`mod@matmul`] for products, [`cpu_attention`] for attention, whose loops
+//!   are small products);
 //! - [`autodiff`]: the graph node for each operation, which calls the
 //!   inner backend's forward and keeps what its backward needs.
 //!
 //! The model calls the functions at the bottom of this file
-//! ([`softmax_last`], [`gelu`], [`token_nll`], [`causal_attention`]), and
-//! [`crate::norm::LayerNorm`].
+//! ([`softmax_last`], [`gelu`], [`token_nll`], [`causal_attention`],
+//! [`fn@matmul`], [`matmul_bt`]), and [`crate::norm::LayerNorm`].
 
 pub mod autodiff;
 pub mod cpu;
@@ -41,8 +48,8 @@ use burn::tensor::{Int, Tensor};
 
 /// Operations a backend runs as single fused steps. Every method has a
 /// plain default, so a backend opts in by overriding, and the default is
-/// always there to check against. Tensors are 2-D, `[rows, cols]`; the
-/// wrappers below flatten other ranks into that.
+/// always there to check against. Tensors are 2-D, `[rows, cols]` (the
+/// attention weights 4-D); the wrappers below flatten other ranks into that.
 pub trait Kernels: burn::tensor::backend::Backend {
     /// Softmax of each row of `x [rows, cols]`.
     fn softmax_rows(x: Tensor<Self, 2>) -> Tensor<Self, 2> {
@@ -260,7 +267,7 @@ pub fn gelu<B: Kernels, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     from_rows(B::gelu_tanh(to_rows(x)), dims)
 }
 
-/// `a [m, k] · b [k, n]` → `[m, n]` (see [`matmul`]).
+/// `a [m, k] · b [k, n]` → `[m, n]` (see [`mod@matmul`]).
 pub fn matmul<B: Kernels>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 2> {
     B::matmul(a, b, false)
 }
