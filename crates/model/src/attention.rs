@@ -11,6 +11,7 @@ use burn::nn::{Dropout, DropoutConfig};
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Int, Tensor};
+use crate::kernels::reference::{merge_heads, split_heads};
 use crate::{Backend, kernels};
 
 use crate::config::GptConfig;
@@ -58,13 +59,12 @@ impl<B: Backend> MultiHeadAttention<B> {
     /// earlier ones come from (and are appended to) the cache.
     pub fn forward(&self, x: Tensor<B, 3>, cache: Option<&mut LayerCache<B>>) -> Tensor<B, 3> {
         let [batch, seq, d_model] = x.dims();
-        let y = self.forward_rows(kernels::to_rows(x), batch, seq, cache);
+        let y = self.forward_rows(kernels::to_rows(x), batch, cache);
         kernels::from_rows(y, [batch, seq, d_model])
     }
 
     /// The same on rows: `x [batch·seq, d_model]`, sequence after sequence.
-    pub fn forward_rows(&self, x: Tensor<B, 2>, batch: usize, seq: usize, cache: Option<&mut LayerCache<B>>) -> Tensor<B, 2> {
-        let d_model = x.dims()[1];
+    pub fn forward_rows(&self, x: Tensor<B, 2>, batch: usize, cache: Option<&mut LayerCache<B>>) -> Tensor<B, 2> {
         let queries = self.query.forward(x.clone()); // [batch·seq, d_model]: every head side by side
         let keys = self.key.forward(x.clone());
         let values = self.value.forward(x);
@@ -74,11 +74,9 @@ impl<B: Backend> MultiHeadAttention<B> {
             // columns in place (see `kernels::causal_attention`).
             None if self.fused => kernels::causal_attention(queries, keys, values, batch, self.n_heads),
             cache => {
-                let head_dim = d_model / self.n_heads;
                 // [batch·seq, d_model] → [batch, seq, heads, head_dim] → [batch, heads, seq, head_dim]
-                let split_heads =
-                    |t: Tensor<B, 2>| t.reshape([batch, seq, self.n_heads, head_dim]).swap_dims(1, 2);
-                let (queries, keys, values) = (split_heads(queries), split_heads(keys), split_heads(values));
+                let split = |t| split_heads(t, batch, self.n_heads);
+                let (queries, keys, values) = (split(queries), split(keys), split(values));
                 // With a cache: keys/values grow to [batch, heads, past + seq, head_dim].
                 let (keys, values) = match cache {
                     Some(cache) => cache.append(keys, values),
@@ -90,7 +88,7 @@ impl<B: Backend> MultiHeadAttention<B> {
                     self.plain_attention(queries, keys, values)
                 }; // [batch, heads, seq, head_dim]
                 // [batch, heads, seq, head_dim] → [batch, seq, heads, head_dim] → [batch·seq, d_model]
-                context_vec.swap_dims(1, 2).reshape([batch * seq, d_model])
+                merge_heads(context_vec)
             }
         };
         self.resid_dropout.forward(self.out_proj.forward(context_vec))
@@ -118,8 +116,9 @@ impl<B: Backend> MultiHeadAttention<B> {
 }
 
 /// The same computation as one call of burn's `attention`, used when
-/// generating with a KV cache (queries fewer than keys). `is_causal` aligns the mask bottom-right, which is exactly what a KV cache
-/// needs: the q queries are the last q of the k positions.
+/// generating with a KV cache (queries fewer than keys). `is_causal` aligns
+/// the mask bottom-right, which is exactly what a KV cache needs: the q
+/// queries are the last q of the k positions.
 pub fn fused_attention<B: Backend>(queries: Tensor<B, 4>, keys: Tensor<B, 4>, values: Tensor<B, 4>) -> Tensor<B, 4> {
     let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
     attention(queries, keys, values, None, None, options)

@@ -64,10 +64,7 @@ impl<B: Backend> Gpt<B> {
     /// `tokens [batch, seq]` → `logits [batch, seq, vocab]`: at every position,
     /// a score for each possible next token.
     pub fn forward(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
-        let [batch, seq] = tokens.dims();
-        let logits = self.forward_from(tokens, None);
-        let vocab = logits.dims()[1];
-        kernels::from_rows(logits, [batch, seq, vocab])
+        self.logits_3d(tokens, None)
     }
 
     /// The same logits as rows, `[batch·seq, vocab]` (position after
@@ -81,8 +78,13 @@ impl<B: Backend> Gpt<B> {
     /// are read from `cache`, and these are appended to it. Gives the same
     /// logits as running `forward` on the whole sequence (tested).
     pub fn forward_cached(&self, tokens: Tensor<B, 2, Int>, cache: &mut KvCache<B>) -> Tensor<B, 3> {
+        self.logits_3d(tokens, Some(cache))
+    }
+
+    /// `forward_from`'s logits as `[batch, seq, vocab]`.
+    fn logits_3d(&self, tokens: Tensor<B, 2, Int>, cache: Option<&mut KvCache<B>>) -> Tensor<B, 3> {
         let [batch, seq] = tokens.dims();
-        let logits = self.forward_from(tokens, Some(cache));
+        let logits = self.forward_from(tokens, cache); // [batch·seq, vocab]
         let vocab = logits.dims()[1];
         kernels::from_rows(logits, [batch, seq, vocab])
     }
@@ -106,7 +108,7 @@ impl<B: Backend> Gpt<B> {
         let mut x = kernels::to_rows(self.emb_dropout.forward(x)); // [batch·seq, d_model]
         for (i, block) in self.blocks.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            x = block.forward_rows(x, batch, seq, layer_cache);
+            x = block.forward_rows(x, batch, layer_cache);
         }
         let x = self.final_norm.forward(x);
         self.head(x)

@@ -20,13 +20,23 @@ const MIN_PER_TASK: usize = 16 * 1024;
 pub fn softmax_rows<B: HostCopy>(x: Tensor<B, 2>) -> Tensor<B, 2> {
     let ([rows, cols], device) = (x.dims(), x.device());
     let mut y = host(x);
-    for_each_row(&mut y, cols, |row| {
-        let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-        row.iter_mut().for_each(|v| *v = exp(*v - max));
-        let inv = 1.0 / sum(row);
-        row.iter_mut().for_each(|v| *v *= inv);
-    });
+    for_each_row(&mut y, cols, softmax_row);
     to_device(y, [rows, cols], &device)
+}
+
+/// One row's softmax, in place (shared with the attention kernel).
+pub(super) fn softmax_row(row: &mut [f32]) {
+    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    row.iter_mut().for_each(|v| *v = exp(*v - max));
+    let inv = 1.0 / sum(row);
+    row.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// One row's softmax backward, in place: `g` holds dL/dy and becomes dL/dx,
+/// from the softmax output `y` (shared with the attention kernel).
+pub(super) fn softmax_row_backward(g: &mut [f32], y: &[f32]) {
+    let dot: f32 = g.iter().zip(y).map(|(g, y)| g * y).sum();
+    g.iter_mut().zip(y).for_each(|(g, y)| *g = y * (*g - dot));
 }
 
 pub fn softmax_rows_backward<B: HostCopy>(y: Tensor<B, 2>, dy: Tensor<B, 2>) -> Tensor<B, 2> {
@@ -34,10 +44,7 @@ pub fn softmax_rows_backward<B: HostCopy>(y: Tensor<B, 2>, dy: Tensor<B, 2>) -> 
     let y = host(y);
     let mut dx = host(dy); // becomes dx, in place
     let min_rows = (MIN_PER_TASK / cols).max(1);
-    dx.par_chunks_mut(cols).zip(y.par_chunks(cols)).with_min_len(min_rows).for_each(|(g, y)| {
-        let dot: f32 = g.iter().zip(y).map(|(g, y)| g * y).sum();
-        g.iter_mut().zip(y).for_each(|(g, y)| *g = y * (*g - dot));
-    });
+    dx.par_chunks_mut(cols).zip(y.par_chunks(cols)).with_min_len(min_rows).for_each(|(g, y)| softmax_row_backward(g, y));
     to_device(dx, [rows, cols], &device)
 }
 

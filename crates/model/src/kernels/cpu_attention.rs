@@ -15,7 +15,7 @@
 use burn::tensor::Tensor;
 use rayon::prelude::*;
 
-use super::cpu::{HostCopy, exp, host, sum, to_device};
+use super::cpu::{HostCopy, host, softmax_row, softmax_row_backward, to_device};
 use super::matmul::{MatRef, matmul_into};
 
 /// `q, k, v [batch·seq, d_model]` → `(context [batch·seq, d_model],
@@ -46,8 +46,12 @@ pub fn causal_attention<B: HostCopy>(
                 let head = |x| head_view(x, h, seq, d_model, n_heads);
                 // [seq, hd] · [hd, seq] → scores [seq, seq], scaled by 1/√hd.
                 matmul_into(p, seq, head(q), head(k).t(), scale, false);
+                // Query i sees keys 0..=i: the softmax runs over those, and
+                // the future keys get weight 0 (a -inf mask, without writing one).
                 for (i, row) in p.chunks_mut(seq).enumerate() {
-                    causal_softmax_row(row, i);
+                    let (seen, future) = row.split_at_mut(i + 1);
+                    softmax_row(seen);
+                    future.fill(0.0);
                 }
                 // [seq, seq] · [seq, hd] → this head's columns of the context.
                 matmul_into(&mut context[h * hd..], d_model, MatRef::new(p, seq, seq, seq), head(v), 1.0, false);
@@ -55,17 +59,6 @@ pub fn causal_attention<B: HostCopy>(
         },
     );
     (to_device(context, [rows, d_model], &device), to_device(weights, [batch, n_heads, seq, seq], &device))
-}
-
-/// Softmax over `row[..=i]` (the keys query `i` may see); the future keys
-/// get weight 0. Equivalent to a -inf mask, without writing one.
-fn causal_softmax_row(row: &mut [f32], i: usize) {
-    let (seen, future) = row.split_at_mut(i + 1);
-    let max = seen.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-    seen.iter_mut().for_each(|s| *s = exp(*s - max));
-    let inv = 1.0 / sum(seen);
-    seen.iter_mut().for_each(|s| *s *= inv);
-    future.fill(0.0);
 }
 
 /// `(dq, dk, dv)`, each `[batch·seq, d_model]`; see the formulas at
@@ -96,16 +89,16 @@ pub fn causal_attention_backward<B: HostCopy>(
             matmul_into(&mut dv[h * hd..], d_model, p.t(), head(dctx), 1.0, false);
             // dP = dO · Vᵀ: [seq, hd] · [hd, seq].
             matmul_into(&mut ds, seq, head(dctx), head(v).t(), 1.0, false);
-            // dS = P ⊙ (dP − Σⱼ Pⱼ dPⱼ), times the 1/√hd the scores were scaled by.
-            // Future keys have P = 0, so their dS is 0, as the mask requires.
+            // The softmax backward, row by row: dP → P ⊙ (dP − Σⱼ Pⱼ dPⱼ).
+            // Future keys have P = 0, so their gradient is 0, as the mask requires.
             for (dp, p) in ds.chunks_mut(seq).zip(p.data().chunks(seq)) {
-                let dot: f32 = dp.iter().zip(p).map(|(g, p)| g * p).sum();
-                dp.iter_mut().zip(p).for_each(|(g, p)| *g = p * (*g - dot) * scale);
+                softmax_row_backward(dp, p);
             }
             let ds = MatRef::new(&ds, seq, seq, seq);
-            // dQ = dS · K and dK = dSᵀ · Q: [seq, seq] · [seq, hd].
-            matmul_into(&mut dq[h * hd..], d_model, ds, head(k), 1.0, false);
-            matmul_into(&mut dk[h * hd..], d_model, ds.t(), head(q), 1.0, false);
+            // dQ = dS · K and dK = dSᵀ · Q, [seq, seq] · [seq, hd], with dS
+            // the gradient of the scores before their 1/√hd scaling.
+            matmul_into(&mut dq[h * hd..], d_model, ds, head(k), scale, false);
+            matmul_into(&mut dk[h * hd..], d_model, ds.t(), head(q), scale, false);
         }
     });
     let shape = [rows, d_model];

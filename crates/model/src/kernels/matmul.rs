@@ -87,14 +87,13 @@ pub fn matmul_into(out_data: &mut [f32], out_stride: usize, a: MatRef, b: MatRef
     }
 }
 
-
 /// `a [m, k] · b [k, n]` → `[m, n]`, split across threads. With
 /// `b_transposed`, `b` holds bᵀ, `[n, k]`, as stored (the tied output head
 /// multiplies by the embedding table `[vocab, d_model]` this way).
 pub fn matmul<B: HostCopy>(a: Tensor<B, 2>, b: Tensor<B, 2>, b_transposed: bool) -> Tensor<B, 2> {
-    let ([m, k], device) = (a.dims(), a.device());
-    let (b_view_dims, (a, b)) = (b.dims(), (host(a), host(b)));
-    let b = view_b(&b, b_view_dims, b_transposed);
+    let ([m, k], b_dims, device) = (a.dims(), b.dims(), a.device());
+    let (a, b) = (host(a), host(b));
+    let b = view_b(&b, b_dims, b_transposed);
     assert_eq!(b.rows, k, "matmul: [{m}, {k}] · [{}, {}]", b.rows, b.cols);
     let n = b.cols;
     let mut out = vec![0.0; m * n];

@@ -121,13 +121,13 @@ pub fn matmul_backward<B: Backend>(
 }
 
 /// `[batch·seq, heads·hd]` → `[batch, heads, seq, hd]`.
-fn split_heads<B: Backend>(x: Tensor<B, 2>, batch: usize, n_heads: usize) -> Tensor<B, 4> {
+pub fn split_heads<B: Backend>(x: Tensor<B, 2>, batch: usize, n_heads: usize) -> Tensor<B, 4> {
     let [rows, d_model] = x.dims();
     x.reshape([batch, rows / batch, n_heads, d_model / n_heads]).swap_dims(1, 2)
 }
 
 /// `[batch, heads, seq, hd]` → `[batch·seq, heads·hd]`.
-fn merge_heads<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 2> {
+pub fn merge_heads<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 2> {
     let [batch, heads, seq, hd] = x.dims();
     x.swap_dims(1, 2).reshape([batch * seq, heads * hd])
 }
