@@ -6,9 +6,11 @@
 //! The kernel [`matmul`] multiplies two tensors this way, and its
 //! backward pass multiplies by the transposes without materialising them.
 
+use std::ops::Range;
+
 use burn::tensor::Tensor;
 
-use super::cpu::{HostCopy, host, to_device};
+use super::host::{HostCopy, read, to_device};
 
 /// A read-only matrix inside a buffer: element `(i, j)` is
 /// `data[i * row_stride + j * col_stride]`.
@@ -32,6 +34,21 @@ impl<'a> MatRef<'a> {
     /// The transpose: the same memory, strides swapped.
     pub fn t(self) -> Self {
         Self { rows: self.cols, cols: self.rows, row_stride: self.col_stride, col_stride: self.row_stride, ..self }
+    }
+
+    /// The sub-matrix of rows `rows` and columns `cols`: the same memory,
+    /// started further in.
+    pub fn block(self, rows: Range<usize>, cols: Range<usize>) -> Self {
+        assert!(rows.end <= self.rows && cols.end <= self.cols, "block out of the matrix");
+        let start = rows.start * self.row_stride + cols.start * self.col_stride;
+        let (rows, cols) = (rows.len(), cols.len());
+        let data = if rows == 0 || cols == 0 { &self.data[..0] } else { &self.data[start..] };
+        Self { data, rows, cols, ..self }
+    }
+
+    /// The first `n` rows.
+    pub fn top(self, n: usize) -> Self {
+        self.block(0..n, 0..self.cols)
     }
 
     /// The buffer the view reads from.
@@ -92,7 +109,7 @@ pub fn matmul_into(out_data: &mut [f32], out_stride: usize, a: MatRef, b: MatRef
 /// multiplies by the embedding table `[vocab, d_model]` this way).
 pub fn matmul<B: HostCopy>(a: Tensor<B, 2>, b: Tensor<B, 2>, b_transposed: bool) -> Tensor<B, 2> {
     let ([m, k], b_dims, device) = (a.dims(), b.dims(), a.device());
-    let (a, b) = (host(a), host(b));
+    let (a, b) = (read(a), read(b));
     let b = view_b(&b, b_dims, b_transposed);
     assert_eq!(b.rows, k, "matmul: [{m}, {k}] · [{}, {}]", b.rows, b.cols);
     let n = b.cols;
@@ -110,7 +127,7 @@ pub fn matmul_backward<B: HostCopy>(
     b_transposed: bool,
 ) -> (Tensor<B, 2>, Tensor<B, 2>) {
     let ([m, k], b_dims, [_, n], device) = (a.dims(), b.dims(), dy.dims(), a.device());
-    let (a, b, dy) = (host(a), host(b), host(dy));
+    let (a, b, dy) = (read(a), read(b), read(dy));
     let (a, b, dy) = (MatRef::new(&a, m, k, k), view_b(&b, b_dims, b_transposed), MatRef::new(&dy, m, n, n));
     let (mut da, mut db) = (vec![0.0; m * k], vec![0.0; k * n]);
     matmul_into(&mut da, k, dy, b.t(), 1.0, true); // [m, n] · [n, k]

@@ -41,6 +41,7 @@
 pub mod autodiff;
 pub mod cpu;
 pub mod cpu_attention;
+pub mod host;
 pub mod matmul;
 pub mod reference;
 

@@ -193,6 +193,30 @@ fn attention_matches_the_plain_formula_and_finite_differences() {
     }
 }
 
+/// The CPU kernel takes queries in blocks of 64 and skips the products
+/// above each block's reach; 150 positions cross two block edges and end on
+/// a short block. Checked against the plain formula (values) and its plain
+/// backward (the one the test above checks against finite differences).
+#[test]
+fn attention_blocks_match_the_plain_formula_on_long_sequences() {
+    let (batch, seq, d_model, heads) = (2, 150, 16, 2);
+    let (q, k, v, w) = [(); 4].map(|_| random(batch * seq, d_model, 1.0)).into(); // [batch·seq, d_model]
+    let inner = |t: &Tensor<CpuTrain, 2>| t.clone().inner();
+    let (context_plain, weights_plain) = reference::causal_attention(inner(&q), inner(&k), inner(&v), batch, heads);
+    let [qg, kg, vg] = [&q, &k, &v].map(|t| t.clone().detach().require_grad());
+    let (context, weights) = CpuTrain::causal_attention(qg.clone(), kg.clone(), vg.clone(), batch, heads);
+    assert_close(context.clone().inner(), context_plain, "context");
+    let flat_w = |t: Tensor<Cpu, 4>| t.reshape([batch * heads * seq, seq]);
+    assert_close(flat_w(weights.inner()), flat_w(weights_plain.clone()), "weights");
+
+    let grads = (context * w.clone()).sum().backward();
+    let (dq, dk, dv) =
+        reference::causal_attention_backward(inner(&q), inner(&k), inner(&v), weights_plain, inner(&w), heads);
+    for ((t, plain), name) in [&qg, &kg, &vg].into_iter().zip([dq, dk, dv]).zip(["dq", "dk", "dv"]) {
+        assert_close(t.grad(&grads).unwrap(), plain, name);
+    }
+}
+
 /// Σ context ⊙ w for causal attention written as loops in f64: the ground
 /// truth the finite differences are taken of. Inputs `[batch·seq, d_model]`.
 fn naive_attention_loss(q: &[f64], k: &[f64], v: &[f64], w: &[f64], dims: (usize, usize, usize, usize)) -> f64 {
