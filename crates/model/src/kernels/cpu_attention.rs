@@ -66,7 +66,8 @@ pub fn causal_attention<B: HostCopy>(
                 for r in blocks(seq) {
                     // Scores of the block's queries against the keys they
                     // see, scaled by 1/√hd: [r, hd] · [hd, r.end] → p[r, 0..r.end].
-                    matmul_into(&mut p[r.start * seq..], seq, head(q).block(r.clone(), 0..hd), head(k).top(r.end).t(), scale, false);
+                    let (q_block, k_seen) = (head(q).block(r.clone(), 0..hd), head(k).top(r.end));
+                    matmul_into(&mut p[r.start * seq..], seq, q_block, k_seen.t(), scale, false);
                     // Query i sees keys 0..=i: the softmax runs over those,
                     // and the rest of the block's row gets weight 0 (a -inf
                     // mask, without writing one).
@@ -118,7 +119,8 @@ pub fn causal_attention_backward<B: HostCopy>(
             let p = MatRef::new(p_data, seq, seq, seq);
             for r in blocks(seq) {
                 // dP = dO · Vᵀ over the keys the block sees: [r, hd] · [hd, r.end].
-                matmul_into(&mut ds[r.start * seq..], seq, head(dctx).block(r.clone(), 0..hd), head(v).top(r.end).t(), 1.0, false);
+                let (do_block, v_seen) = (head(dctx).block(r.clone(), 0..hd), head(v).top(r.end));
+                matmul_into(&mut ds[r.start * seq..], seq, do_block, v_seen.t(), 1.0, false);
                 // The softmax backward, row by row: dP → P ⊙ (dP − Σⱼ Pⱼ dPⱼ).
                 // Past the diagonal P = 0, so the gradient is 0 there, as the mask requires.
                 simd(|| {
@@ -139,8 +141,9 @@ pub fn causal_attention_backward<B: HostCopy>(
                 // [c, seq − c.start] · [seq − c.start, hd].
                 let (c, seen_by) = (r.clone(), r.start..seq);
                 let (dv_rows, dk_rows) = (&mut dv[c.start * d_model + h * hd..], &mut dk[c.start * d_model + h * hd..]);
-                matmul_into(dv_rows, d_model, p.block(seen_by.clone(), c.clone()).t(), head(dctx).block(seen_by.clone(), 0..hd), 1.0, false);
-                matmul_into(dk_rows, d_model, ds.block(seen_by.clone(), c).t(), head(q).block(seen_by, 0..hd), scale, false);
+                let (p_seen, ds_seen) = (p.block(seen_by.clone(), c.clone()), ds.block(seen_by.clone(), c));
+                matmul_into(dv_rows, d_model, p_seen.t(), head(dctx).block(seen_by.clone(), 0..hd), 1.0, false);
+                matmul_into(dk_rows, d_model, ds_seen.t(), head(q).block(seen_by, 0..hd), scale, false);
             }
         }
     });

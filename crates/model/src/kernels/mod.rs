@@ -30,7 +30,7 @@
 //! - [`cpu`]: the same formulas as loops over host memory, one pass per
 //!   row, split across cores with rayon, for the two CPU backends
 //!   ([`mod@matmul`] for products, [`cpu_attention`] for attention, whose loops
-//!   are small products);
+//!   are small products), reading the backend's buffers through [`host`];
 //! - [`autodiff`]: the graph node for each operation, which calls the
 //!   inner backend's forward and keeps what its backward needs.
 //!
