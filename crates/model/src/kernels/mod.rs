@@ -18,6 +18,10 @@
 //! | `causal_attention` | P = softmax(QKᵀ/√d, future masked), O = P·V | dV = Pᵀ·dO; dP = dO·Vᵀ; dS = P ⊙ (dP − Σ P ⊙ dP)/√d; dQ = dS·K; dK = dSᵀ·Q |
 //! | `matmul` | y = a·b | da = dy·bᵀ; db = aᵀ·dy |
 //!
+//! One more kernel is not part of the model: [`Kernels::adamw_step`], the
+//! optimizer's update of one weight tensor, which has no backward pass and
+//! keeps both its versions in [`adamw`].
+//!
 //! Attention and matmul are there for the copies they avoid: burn splits
 //! heads with a transpose and makes it contiguous before each product, and
 //! its matmul backward materialises the transposes; the CPU versions read
@@ -38,6 +42,7 @@
 //! ([`softmax_last`], [`gelu`], [`token_nll`], [`causal_attention`],
 //! [`fn@matmul`], [`matmul_bt`]), and [`crate::norm::LayerNorm`].
 
+pub mod adamw;
 pub mod autodiff;
 pub mod cpu;
 pub mod cpu_attention;
@@ -145,6 +150,17 @@ pub trait Kernels: burn::tensor::backend::Backend {
     ) -> (Tensor<Self, 2>, Tensor<Self, 2>, Tensor<Self, 2>) {
         reference::causal_attention_backward(q, k, v, weights, dcontext, n_heads)
     }
+    /// One AdamW update of `weight` (any rank) from its gradient and its
+    /// two moment estimates: returns the new `(weight, m, v)`.
+    fn adamw_step<const D: usize>(
+        weight: Tensor<Self, D>,
+        grad: Tensor<Self, D>,
+        m: Tensor<Self, D>,
+        v: Tensor<Self, D>,
+        step: &adamw::AdamwStep,
+    ) -> (Tensor<Self, D>, Tensor<Self, D>, Tensor<Self, D>) {
+        adamw::reference(weight, grad, m, v, step)
+    }
 }
 
 // The CPU backends run the loops in `cpu`; the CUDA backend keeps the plain
@@ -224,6 +240,15 @@ macro_rules! cpu_kernels {
                 n_heads: usize,
             ) -> (Tensor<Self, 2>, Tensor<Self, 2>, Tensor<Self, 2>) {
                 cpu_attention::causal_attention_backward(q, k, v, weights, dcontext, n_heads)
+            }
+            fn adamw_step<const D: usize>(
+                weight: Tensor<Self, D>,
+                grad: Tensor<Self, D>,
+                m: Tensor<Self, D>,
+                v: Tensor<Self, D>,
+                step: &adamw::AdamwStep,
+            ) -> (Tensor<Self, D>, Tensor<Self, D>, Tensor<Self, D>) {
+                adamw::cpu(weight, grad, m, v, step)
             }
         }
     };

@@ -270,3 +270,24 @@ fn matmul_matches_burn_and_its_gradients() {
         assert_close(db, db_burn, &what("db (plain formula)"));
     }
 }
+
+/// The AdamW loop against the plain formula over three steps (so the
+/// moments and the bias corrections carry over), with weight decay on.
+#[test]
+fn adamw_loop_matches_the_plain_formula() {
+    let (rows, cols) = (37, 1000); // more than one rayon chunk, and a short last one
+    let start = random(rows, cols, 1.0).inner();
+    let zeros = || Tensor::<Cpu, 2>::zeros([rows, cols], &Default::default());
+    let (mut fused, mut plain) = ((start.clone(), zeros(), zeros()), (start, zeros(), zeros()));
+    for time in 1..=3 {
+        let grad = random(rows, cols, 0.1).inner();
+        let step = super::adamw::AdamwStep { lr: 1e-2, beta_1: 0.9, beta_2: 0.95, epsilon: 1e-8, weight_decay: 0.1, time };
+        fused = Cpu::adamw_step(fused.0, grad.clone(), fused.1, fused.2, &step);
+        plain = super::adamw::reference(plain.0, grad, plain.1, plain.2, &step);
+    }
+    assert_close(fused.1, plain.1, "AdamW first moment");
+    assert_close(fused.2, plain.2, "AdamW second moment");
+    // Each step moves a weight by about lr (1e-2), far above the tolerance,
+    // so a loop that skipped or botched the update would fail here.
+    assert_close(fused.0, plain.0, "AdamW weights");
+}
