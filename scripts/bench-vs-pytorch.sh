@@ -12,8 +12,10 @@
 # tokens/s and the ratio ours / PyTorch.
 #
 # A shared machine's speed drifts by 10-20% over minutes, so the whole set
-# is run ROUNDS times (default 3), ours and PyTorch's alternating, and the
-# table gives each one's median step time.
+# is run ROUNDS times (default 3), ours and PyTorch's alternating. The table
+# gives each one's median step time, and the ratio to PyTorch two ways: of
+# the medians, and per round (ours and PyTorch back to back) with the
+# median and range of those ratios.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,7 +28,17 @@ ROUNDS="${ROUNDS:-3}"
 CORES="0-$((THREADS - 1))"
 export RAYON_NUM_THREADS="$THREADS"
 
+# Each variant: a binary and the backend it runs. With OpenBLAS installed
+# (`apt install libopenblas-dev`), the ndarray backend runs a second time
+# with its matrix products in OpenBLAS (the `openblas` feature).
 cargo build --release -q -p bench --features flex
+cp target/release/bench target/release/bench-gemm
+VARIANTS=("target/release/bench-gemm cpu" "target/release/bench-gemm flex")
+if ldconfig -p | grep -q 'libopenblas\.so '; then
+  cargo build --release -q -p bench --features flex,openblas
+  cp target/release/bench target/release/bench-openblas
+  VARIANTS+=("target/release/bench-openblas cpu")
+fi
 out="$(mktemp)"
 trap 'rm -f "$out"' EXIT
 
@@ -47,8 +59,9 @@ for round in $(seq "$ROUNDS"); do
   echo "round $round of $ROUNDS" >&2
   for shape in "${SHAPES[@]}"; do
     read -r name vocab ctx d layers heads batch steps <<<"$shape"
-    for device in cpu flex; do
-      taskset -c "$CORES" ./target/release/bench --device "$device" --preset "$name" --vocab "$vocab" --ctx "$ctx" \
+    for variant in "${VARIANTS[@]}"; do
+      read -r binary device <<<"$variant"
+      taskset -c "$CORES" "./$binary" --device "$device" --preset "$name" --vocab "$vocab" --ctx "$ctx" \
         --d-model "$d" --layers "$layers" --heads "$heads" --batch "$batch" --steps "$steps" | tee -a "$out"
     done
     if [ "$have_torch" = 1 ]; then
@@ -69,20 +82,26 @@ done
 "$PYTHON" - "$out" "$THREADS" <<'EOF'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
-# Median step time per (shape, backend) over the rounds.
+# Step times per (shape, backend), in round order.
 runs = {}
 for r in rows:
     torch = r["name"].endswith("-torch")
     key = (r["name"].removesuffix("-torch"), "pytorch " + r.get("dtype", "") if torch else r["backend"])
-    runs.setdefault(key, []).append(r)
-def median(key):
-    ms = statistics.median(r["step_ms"] for r in runs[key])
-    r = runs[key][0]
-    return ms, r["batch"] * r["ctx"] / ms * 1000
-print(f"\n{sys.argv[2]} threads, median of {len(next(iter(runs.values())))} rounds | shape | backend | step ms | tokens/s | vs PyTorch")
-for (name, backend) in runs:
-    ms, tps = median((name, backend))
-    ref = next((k for k in runs if k[0] == name and k[1].startswith("pytorch")), None)
-    ratio = f"{tps / median(ref)[1]:.2f}x" if ref else "-"
-    print(f"| {name} | {backend} | {ms:.0f} | {tps:,.0f} | {ratio} |")
+    runs.setdefault(key, []).append(r["step_ms"])
+print(f"\n{sys.argv[2]} threads, {len(next(iter(runs.values())))} rounds")
+print("| shape | backend | median step ms | tokens/s | vs PyTorch: ratio of medians | per-round ratio: median (min-max) |")
+print("|---|---|---|---|---|---|")
+for (name, backend), ms in runs.items():
+    r = next(r for r in rows if r["name"].removesuffix("-torch") == name)
+    tps = r["batch"] * r["ctx"] / statistics.median(ms) * 1000
+    ref = next((runs[k] for k in runs if k[0] == name and k[1].startswith("pytorch")), None)
+    if ref:
+        # Each round ran ours and PyTorch back to back, so their ratio
+        # cancels most of the machine's drift between rounds.
+        paired = [t / o for o, t in zip(ms, ref)]
+        medians = f"{statistics.median(ref) / statistics.median(ms):.2f}x"
+        per_round = f"{statistics.median(paired):.2f}x ({min(paired):.2f}-{max(paired):.2f})"
+    else:
+        medians = per_round = "-"
+    print(f"| {name} | {backend} | {statistics.median(ms):,.0f} | {tps:,.0f} | {medians} | {per_round} |")
 EOF

@@ -203,7 +203,12 @@ fn sync<B: Backend>(device: &B::Device) {
 }
 
 fn backend_name<B: Backend>() -> String {
-    B::name(&Default::default())
+    let name = B::name(&Default::default());
+    // The CPU backends' products go to OpenBLAS with that feature (not CUDA's).
+    match cfg!(feature = "openblas") && !name.contains("cuda") {
+        true => format!("{name} + openblas"),
+        false => name,
+    }
 }
 
 fn round(x: f64, digits: i32) -> f64 {
