@@ -94,9 +94,9 @@ fn product(a: MatRef, b: MatRef) -> Vec<f32> {
 }
 
 /// With the `openblas` feature, the products of the linear layers and of
-/// their backward passes run in the system's OpenBLAS instead. At the `mini`
-/// shapes it was 9-16% faster than `gemm` in isolation and made the mini
-/// step about 10% faster (README, Performance), but it is a system library
+/// their backward passes run in the system's OpenBLAS instead. Over the
+/// `mini` shapes it took 9-16% less time than `gemm` in isolation, and the
+/// mini step 5-12% less (README, Performance), but it is a system library
 /// to install, so it is not the default. Attention's small products stay on
 /// `gemm`, one per rayon task, where OpenBLAS's own threads would compete.
 #[cfg(feature = "openblas")]
