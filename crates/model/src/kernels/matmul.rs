@@ -128,12 +128,16 @@ mod openblas {
     const TRANS: i32 = 112;
 
     /// A view as CBLAS takes it: a row-major matrix (its rows `ld` apart),
-    /// or the transpose of one.
+    /// or the transpose of one. CBLAS rejects a leading dimension shorter
+    /// than the stored row (a one-row or one-column view can have both
+    /// strides 1), so the layout is picked by that too.
     fn layout(x: &MatRef) -> (i32, i32) {
-        match (x.row_stride, x.col_stride) {
-            (ld, 1) => (NO_TRANS, ld.max(1) as i32),
-            (1, ld) => (TRANS, ld.max(1) as i32),
-            _ => panic!("CBLAS needs a matrix with rows or columns adjacent"),
+        if x.col_stride == 1 && x.row_stride >= x.cols {
+            (NO_TRANS, x.row_stride.max(1) as i32)
+        } else if x.row_stride == 1 && x.col_stride >= x.rows {
+            (TRANS, x.col_stride.max(1) as i32)
+        } else {
+            panic!("CBLAS needs a matrix with rows or columns adjacent")
         }
     }
 
