@@ -67,7 +67,7 @@ pub fn causal_attention<B: HostCopy>(
                     // Scores of the block's queries against the keys they
                     // see, scaled by 1/√hd: [r, hd] · [hd, r.end] → p[r, 0..r.end].
                     let (q_block, k_seen) = (head(q).block(r.clone(), 0..hd), head(k).top(r.end));
-                    matmul_into(&mut p[r.start * seq..], seq, q_block, k_seen.t(), scale, false);
+                    matmul_into(&mut p[r.start * seq..], seq, q_block, k_seen.t(), scale);
                     // Query i sees keys 0..=i: the softmax runs over those,
                     // and the rest of the block's row gets weight 0 (a -inf
                     // mask, without writing one).
@@ -80,7 +80,7 @@ pub fn causal_attention<B: HostCopy>(
                     });
                     // [r, r.end] · [r.end, hd] → this head's columns of the context rows r.
                     let p = MatRef::new(p, seq, seq, seq).block(r.clone(), 0..r.end);
-                    matmul_into(&mut context[r.start * d_model + h * hd..], d_model, p, head(v).top(r.end), 1.0, false);
+                    matmul_into(&mut context[r.start * d_model + h * hd..], d_model, p, head(v).top(r.end), 1.0);
                 }
             }
         },
@@ -120,7 +120,7 @@ pub fn causal_attention_backward<B: HostCopy>(
             for r in blocks(seq) {
                 // dP = dO · Vᵀ over the keys the block sees: [r, hd] · [hd, r.end].
                 let (do_block, v_seen) = (head(dctx).block(r.clone(), 0..hd), head(v).top(r.end));
-                matmul_into(&mut ds[r.start * seq..], seq, do_block, v_seen.t(), 1.0, false);
+                matmul_into(&mut ds[r.start * seq..], seq, do_block, v_seen.t(), 1.0);
                 // The softmax backward, row by row: dP → P ⊙ (dP − Σⱼ Pⱼ dPⱼ).
                 // Past the diagonal P = 0, so the gradient is 0 there, as the mask requires.
                 simd(|| {
@@ -135,15 +135,15 @@ pub fn causal_attention_backward<B: HostCopy>(
                 // Query block r: dQ = dS · K, [r, r.end] · [r.end, hd], with dS
                 // the gradient of the scores before their 1/√hd scaling.
                 let dq_rows = &mut dq[r.start * d_model + h * hd..];
-                matmul_into(dq_rows, d_model, ds.block(r.clone(), 0..r.end), head(k).top(r.end), scale, false);
+                matmul_into(dq_rows, d_model, ds.block(r.clone(), 0..r.end), head(k).top(r.end), scale);
                 // Key block c (= r): the queries from c.start on see it, so
                 // dV = Pᵀ · dO and dK = dSᵀ · Q sum over those rows:
                 // [c, seq − c.start] · [seq − c.start, hd].
                 let (c, seen_by) = (r.clone(), r.start..seq);
                 let (dv_rows, dk_rows) = (&mut dv[c.start * d_model + h * hd..], &mut dk[c.start * d_model + h * hd..]);
                 let (p_seen, ds_seen) = (p.block(seen_by.clone(), c.clone()), ds.block(seen_by.clone(), c));
-                matmul_into(dv_rows, d_model, p_seen.t(), head(dctx).block(seen_by.clone(), 0..hd), 1.0, false);
-                matmul_into(dk_rows, d_model, ds_seen.t(), head(q).block(seen_by, 0..hd), scale, false);
+                matmul_into(dv_rows, d_model, p_seen.t(), head(dctx).block(seen_by.clone(), 0..hd), 1.0);
+                matmul_into(dk_rows, d_model, ds_seen.t(), head(q).block(seen_by, 0..hd), scale);
             }
         }
     });

@@ -62,15 +62,15 @@ impl<'a> MatRef<'a> {
 }
 
 /// `out = scale · a · b`, with `out` a `rows × cols` block of `out_data`
-/// whose rows are `out_stride` apart (other columns are left alone).
-/// `threaded`: split the product across rayon's threads (for one big
-/// product; callers that already run one product per core pass `false`).
-pub fn matmul_into(out_data: &mut [f32], out_stride: usize, a: MatRef, b: MatRef, scale: f32, threaded: bool) {
+/// whose rows are `out_stride` apart (other columns are left alone), on
+/// the calling thread: for the small products of a kernel that already
+/// runs one task per core (attention). Whole-layer products use `product`.
+pub fn matmul_into(out_data: &mut [f32], out_stride: usize, a: MatRef, b: MatRef, scale: f32) {
     let (m, n) = (a.rows, b.cols);
     assert!(m == 0 || n == 0 || (m - 1) * out_stride + n - 1 < out_data.len(), "matmul: output out of bounds");
     // SAFETY: the output block was checked against `out_data` above, which
     // is borrowed mutably, so it overlaps neither input.
-    unsafe { gemm_to(out_data.as_mut_ptr(), out_stride, a, b, scale, threaded) }
+    unsafe { gemm_to(out_data.as_mut_ptr(), out_stride, a, b, scale, false) }
 }
 
 /// `a · b` as a new row-major `[a.rows, b.cols]` buffer, split across
