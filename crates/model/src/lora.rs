@@ -133,11 +133,11 @@ impl<B: Backend> LoraLinear<B> {
         // instead, and its backward pass then builds one weight gradient per
         // sequence and sums them: `batch` times the work for the same result.
         let x = kernels::to_rows(x); // [positions, d_in]
-        // x·W + b, the product as a kernel (see `kernels::matmul`).
-        let y = kernels::matmul(x.clone(), self.base.weight.val()); // [positions, d_in]·[d_in, d_out]
+        // x·W + b as one kernel (see `kernels::linear`).
+        let weight = self.base.weight.val();
         let y = match &self.base.bias {
-            Some(bias) => y + bias.val().unsqueeze(), // + [1, d_out]
-            None => y,
+            Some(bias) => kernels::linear(x.clone(), weight, bias.val()), // [positions, d_in]·[d_in, d_out] + [d_out]
+            None => kernels::matmul(x.clone(), weight),                   // [positions, d_in]·[d_in, d_out]
         };
         let y = match &self.adapter {
             Some(adapter) => y + adapter.forward(x),

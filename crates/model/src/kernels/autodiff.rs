@@ -4,7 +4,7 @@
 //! kernel will need (its *state*), and, when `backward()` reaches it, turns
 //! the gradient of its output into the gradient of its input with the
 //! inner backend's backward kernel. This is how burn's own operations are
-//! built; the pattern is the same for all three below:
+//! built; the pattern is the same for each below:
 //! 1. a unit struct naming the operation, implementing `Backward` (its
 //!    `State` type says what is kept from the forward pass);
 //! 2. the forward: compute on the inner backend, then register the node
@@ -128,6 +128,16 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
         Tensor::from_primitive(TensorPrimitive::Float(out))
     }
 
+    fn linear_rows(x: Tensor<Self, 2>, w: Tensor<Self, 2>, bias: Tensor<Self, 1>) -> Tensor<Self, 2> {
+        let (x, w, bias) = (x.into_primitive().tensor(), w.into_primitive().tensor(), bias.into_primitive().tensor());
+        let y = float(B::linear_rows(tensor(x.primitive.clone()), tensor(w.primitive.clone()), tensor(bias.primitive)));
+        let out = match Linear.prepare::<C>([x.node, w.node, bias.node]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish((x.primitive, w.primitive), y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        };
+        Tensor::from_primitive(TensorPrimitive::Float(out))
+    }
+
     fn causal_attention(
         q: Tensor<Self, 2>,
         k: Tensor<Self, 2>,
@@ -181,6 +191,21 @@ impl<B: Kernels> Backward<B, 2> for Matmul {
         let dy = grads.consume::<B>(&ops.node);
         let (da, db) = B::matmul_backward(tensor(a), tensor(b), tensor(dy), self.b_transposed);
         register::<B, 2>(grads, ops.parents.map(|p| p.map(|p| p.id)), [float(da), float(db)]);
+    }
+}
+
+// A linear layer has three inputs (x, w, bias); the backward needs only the first two.
+#[derive(Debug)]
+struct Linear;
+
+impl<B: Kernels> Backward<B, 3> for Linear {
+    type State = (FloatTensor<B>, FloatTensor<B>); // x [m, k], w [k, n]
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (x, w) = ops.state;
+        let dy = grads.consume::<B>(&ops.node);
+        let (dx, dw, dbias) = B::linear_rows_backward(tensor(x), tensor(w), tensor(dy));
+        register::<B, 3>(grads, ops.parents.map(|p| p.map(|p| p.id)), [float(dx), float(dw), float(dbias)]);
     }
 }
 

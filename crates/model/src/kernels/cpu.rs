@@ -26,7 +26,7 @@ use super::reference::{GELU_A, GELU_C};
 
 /// Rows (or elements) per rayon task, at least: small tensors stay on one
 /// core, where splitting them would cost more than it saves.
-const MIN_PER_TASK: usize = 16 * 1024;
+pub(super) const MIN_PER_TASK: usize = 16 * 1024;
 
 pub fn softmax_rows<B: HostCopy>(x: Tensor<B, 2>) -> Tensor<B, 2> {
     let ([rows, cols], device) = (x.dims(), x.device());

@@ -17,6 +17,7 @@
 //! | `layer_norm_rows` | x̂ = (x − μ)·rstd, y = γ ⊙ x̂ + β | g = dy ⊙ γ; dx = rstd·(g − mean(g) − x̂·mean(g ⊙ x̂)); dγ = Σ dy ⊙ x̂; dβ = Σ dy |
 //! | `causal_attention` | P = softmax(QKᵀ/√d, future masked), O = P·V | dV = Pᵀ·dO; dP = dO·Vᵀ; dS = P ⊙ (dP − Σ P ⊙ dP)/√d; dQ = dS·K; dK = dSᵀ·Q |
 //! | `matmul` | y = a·b | da = dy·bᵀ; db = aᵀ·dy |
+//! | `linear_rows` | y = x·W + b | dx = dy·Wᵀ; dW = xᵀ·dy; db = Σ dy over rows |
 //!
 //! One more kernel is not part of the model: [`Kernels::adamw_step`], the
 //! optimizer's update of one weight tensor, which has no backward pass and
@@ -40,7 +41,7 @@
 //!
 //! The model calls the functions at the bottom of this file
 //! ([`softmax_last`], [`gelu`], [`token_nll`], [`causal_attention`],
-//! [`fn@matmul`], [`matmul_bt`]), and [`crate::norm::LayerNorm`].
+//! [`fn@matmul`], [`matmul_bt`], [`fn@linear`]), and [`crate::norm::LayerNorm`].
 
 pub mod adamw;
 pub mod autodiff;
@@ -124,6 +125,19 @@ pub trait Kernels: burn::tensor::backend::Backend {
         b_transposed: bool,
     ) -> (Tensor<Self, 2>, Tensor<Self, 2>) {
         reference::matmul_backward(a, b, dy, b_transposed)
+    }
+    /// `x [m, k] · w [k, n] + bias [n]` → `[m, n]`, the bias added to every
+    /// row: a linear layer.
+    fn linear_rows(x: Tensor<Self, 2>, w: Tensor<Self, 2>, bias: Tensor<Self, 1>) -> Tensor<Self, 2> {
+        reference::linear(x, w, bias)
+    }
+    /// `(dx, dw, dbias)` of a linear layer, from its inputs and dL/dy.
+    fn linear_rows_backward(
+        x: Tensor<Self, 2>,
+        w: Tensor<Self, 2>,
+        dy: Tensor<Self, 2>,
+    ) -> (Tensor<Self, 2>, Tensor<Self, 2>, Tensor<Self, 1>) {
+        reference::linear_backward(x, w, dy)
     }
     /// Causal self-attention of `batch` sequences given as rows, `q, k, v
     /// [batch·seq, d_model]` (sequence after sequence), whose last dimension
@@ -222,6 +236,16 @@ macro_rules! cpu_kernels {
             ) -> (Tensor<Self, 2>, Tensor<Self, 2>) {
                 matmul::matmul_backward(a, b, dy, b_transposed)
             }
+            fn linear_rows(x: Tensor<Self, 2>, w: Tensor<Self, 2>, bias: Tensor<Self, 1>) -> Tensor<Self, 2> {
+                matmul::linear(x, w, bias)
+            }
+            fn linear_rows_backward(
+                x: Tensor<Self, 2>,
+                w: Tensor<Self, 2>,
+                dy: Tensor<Self, 2>,
+            ) -> (Tensor<Self, 2>, Tensor<Self, 2>, Tensor<Self, 1>) {
+                matmul::linear_backward(x, w, dy)
+            }
             fn causal_attention(
                 q: Tensor<Self, 2>,
                 k: Tensor<Self, 2>,
@@ -301,6 +325,11 @@ pub fn matmul<B: Kernels>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 2> {
 /// `a [m, k] · bᵀ`, for `b [n, k]` → `[m, n]`, without materialising bᵀ.
 pub fn matmul_bt<B: Kernels>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 2> {
     B::matmul(a, b, true)
+}
+
+/// `x [m, k] · w [k, n] + bias [n]` → `[m, n]` (see [`Kernels::linear_rows`]).
+pub fn linear<B: Kernels>(x: Tensor<B, 2>, w: Tensor<B, 2>, bias: Tensor<B, 1>) -> Tensor<B, 2> {
+    B::linear_rows(x, w, bias)
 }
 
 /// Causal multi-head self-attention: `q, k, v [batch·seq, d_model]` →

@@ -120,6 +120,23 @@ pub fn matmul_backward<B: Backend>(
     }
 }
 
+/// x·w + bias, the bias `[n]` broadcast over the rows.
+pub fn linear<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>, bias: Tensor<B, 1>) -> Tensor<B, 2> {
+    x.matmul(w) + bias.unsqueeze() // [m, k]·[k, n] + [1, n]
+}
+
+/// `(dx, dw, dbias)`: the matmul's two, and dbias = Σ dy over rows.
+pub fn linear_backward<B: Backend>(
+    x: Tensor<B, 2>,
+    w: Tensor<B, 2>,
+    dy: Tensor<B, 2>,
+) -> (Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 1>) {
+    let [_, n] = dy.dims();
+    let dbias = dy.clone().sum_dim(0).reshape([n]); // [m, n] → [1, n] → [n]
+    let (dx, dw) = matmul_backward(x, w, dy, false);
+    (dx, dw, dbias)
+}
+
 /// `[batch·seq, heads·hd]` → `[batch, heads, seq, hd]`.
 pub fn split_heads<B: Backend>(x: Tensor<B, 2>, batch: usize, n_heads: usize) -> Tensor<B, 4> {
     let [rows, d_model] = x.dims();

@@ -271,6 +271,35 @@ fn matmul_matches_burn_and_its_gradients() {
     }
 }
 
+/// The linear kernel (x·w + bias) against burn's ops and their autodiff
+/// gradients for all three inputs; and the plain backward formula. 150 rows
+/// and 70 columns: more than one band of the bias sum, the last one short.
+#[test]
+fn linear_matches_burn_and_its_gradients() {
+    let (m, k, n) = (150, 13, 70);
+    let (x, w, bias, weighting) = (random(m, k, 1.0), random(k, n, 1.0), random(1, n, 1.0), random(m, n, 1.0));
+    let bias = bias.reshape([n]);
+    let run = |fused: bool| {
+        let (x, w, bias) = (x.clone().require_grad(), w.clone().require_grad(), bias.clone().require_grad());
+        let y = match fused {
+            true => CpuTrain::linear_rows(x.clone(), w.clone(), bias.clone()),
+            false => x.clone().matmul(w.clone()) + bias.clone().unsqueeze(),
+        };
+        let grads = (y.clone() * weighting.clone()).sum().backward();
+        let dbias = bias.grad(&grads).unwrap().reshape([1, n]);
+        (y.inner(), x.grad(&grads).unwrap(), w.grad(&grads).unwrap(), dbias)
+    };
+    let ((y, dx, dw, db), (y_burn, dx_burn, dw_burn, db_burn)) = (run(true), run(false));
+    assert_close(y, y_burn, "x·w + bias");
+    assert_close(dx, dx_burn.clone(), "dx");
+    assert_close(dw, dw_burn.clone(), "dw");
+    assert_close(db, db_burn.clone(), "dbias");
+    let (dx, dw, db) = reference::linear_backward(x.inner(), w.inner(), weighting.inner());
+    assert_close(dx, dx_burn, "dx (plain formula)");
+    assert_close(dw, dw_burn, "dw (plain formula)");
+    assert_close(db.reshape([1, n]), db_burn, "dbias (plain formula)");
+}
+
 /// The AdamW loop against the plain formula over three steps (so the
 /// moments and the bias corrections carry over), with weight decay on.
 #[test]
