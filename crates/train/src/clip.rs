@@ -50,7 +50,7 @@ pub fn global_grad_norm<B: AutodiffBackend, M: Module<B>>(model: &M, grads: &mut
     struct SumSquares<B: Backend>(Option<Tensor<B, 1>>);
     impl<B: Backend> GradFn<B> for SumSquares<B> {
         fn apply<const D: usize>(&mut self, _: ParamId, grad: Tensor<B, D>) -> Option<Tensor<B, D>> {
-            let sq = grad.powi_scalar(2).sum(); // [1]
+            let sq = B::sum_squares(grad); // [1]: one pass (a kernel on the CPU)
             self.0 = Some(match self.0.take() {
                 Some(acc) => acc + sq,
                 None => sq,

@@ -212,6 +212,16 @@ pub fn layer_norm_rows_backward<B: HostCopy>(
     (to_device(dx, [rows, d], &device), to_device(dgamma, [d], &device), to_device(dbeta, [d], &device))
 }
 
+/// Σ x² in one pass with no buffer (the plain `x.square().sum()` writes
+/// the squares out first). Fixed chunks are summed on the cores and their
+/// sums added in order, so the result does not depend on the thread count.
+pub fn sum_squares<B: HostCopy, const D: usize>(x: Tensor<B, D>) -> Tensor<B, 1> {
+    let device = x.device();
+    let x = read(x);
+    let partial: Vec<f32> = x.par_chunks(MIN_PER_TASK).map(|chunk| simd(|| dot(chunk, chunk))).collect();
+    to_device(vec![partial.iter().sum::<f32>()], [1], &device)
+}
+
 /// Runs `f` compiled for the widest SIMD instructions this CPU has (AVX2 on
 /// most x86-64 processors since 2013), chosen at run time by the `pulp`
 /// crate. It works when `f` is inlined into the specialised copy, so the

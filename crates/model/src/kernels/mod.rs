@@ -19,9 +19,10 @@
 //! | `matmul` | y = a·b | da = dy·bᵀ; db = aᵀ·dy |
 //! | `linear_rows` | y = x·W + b | dx = dy·Wᵀ; dW = xᵀ·dy; db = Σ dy over rows |
 //!
-//! One more kernel is not part of the model: [`Kernels::adamw_step`], the
-//! optimizer's update of one weight tensor, which has no backward pass and
-//! keeps both its versions in [`adamw`].
+//! Two more kernels are not part of the model and have no backward pass:
+//! [`Kernels::adamw_step`], the optimizer's update of one weight tensor
+//! (both its versions are in [`adamw`]), and [`Kernels::sum_squares`], what
+//! gradient clipping measures.
 //!
 //! Attention and matmul are there for the copies they avoid: burn splits
 //! heads with a transpose and makes it contiguous before each product, and
@@ -164,6 +165,11 @@ pub trait Kernels: burn::tensor::backend::Backend {
     ) -> (Tensor<Self, 2>, Tensor<Self, 2>, Tensor<Self, 2>) {
         reference::causal_attention_backward(q, k, v, weights, dcontext, n_heads)
     }
+    /// Σ x² over every element of `x` (any rank), as a one-element tensor:
+    /// one gradient's share of the global norm that clipping needs.
+    fn sum_squares<const D: usize>(x: Tensor<Self, D>) -> Tensor<Self, 1> {
+        reference::sum_squares(x)
+    }
     /// One AdamW update of `weight` (any rank) from its gradient and its
     /// two moment estimates: returns the new `(weight, m, v)`.
     fn adamw_step<const D: usize>(
@@ -264,6 +270,9 @@ macro_rules! cpu_kernels {
                 n_heads: usize,
             ) -> (Tensor<Self, 2>, Tensor<Self, 2>, Tensor<Self, 2>) {
                 cpu_attention::causal_attention_backward(q, k, v, weights, dcontext, n_heads)
+            }
+            fn sum_squares<const D: usize>(x: Tensor<Self, D>) -> Tensor<Self, 1> {
+                cpu::sum_squares(x)
             }
             fn adamw_step<const D: usize>(
                 weight: Tensor<Self, D>,

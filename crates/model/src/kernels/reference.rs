@@ -137,6 +137,11 @@ pub fn linear_backward<B: Backend>(
     (dx, dw, dbias)
 }
 
+/// Σ x² over all elements, `[1]`.
+pub fn sum_squares<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, 1> {
+    x.square().sum()
+}
+
 /// `[batch·seq, heads·hd]` → `[batch, heads, seq, hd]`.
 pub fn split_heads<B: Backend>(x: Tensor<B, 2>, batch: usize, n_heads: usize) -> Tensor<B, 4> {
     let [rows, d_model] = x.dims();

@@ -300,6 +300,17 @@ fn linear_matches_burn_and_its_gradients() {
     assert_close(db.reshape([1, n]), db_burn, "dbias (plain formula)");
 }
 
+/// The sum of squares over more than one chunk (the last one short).
+#[test]
+fn sum_squares_matches_the_plain_formula() {
+    let x = random(3, 20_000, 1.0).inner();
+    let fused = Cpu::sum_squares(x.clone()).into_scalar();
+    let plain = reference::sum_squares(x).into_scalar();
+    eprintln!("sum of squares: {fused} (kernel), {plain} (plain)");
+    assert!((fused - plain).abs() <= 1e-5 * plain, "{fused} vs {plain}");
+    assert!(plain > 50_000.0, "60,000 draws of N(0, 1) square to about 60,000");
+}
+
 /// The AdamW loop against the plain formula over three steps (so the
 /// moments and the bias corrections carry over), with weight decay on.
 #[test]
