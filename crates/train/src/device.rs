@@ -26,12 +26,32 @@ pub fn parse_device(s: &str) -> anyhow::Result<DeviceKind> {
     }
 }
 
+/// Runs `f` on one of rayon's worker threads, and returns its result.
+///
+/// The CPU kernels split their work with rayon. Called from the main thread,
+/// which is not one of rayon's workers, each parallel loop is handed to the
+/// pool while the main thread sleeps until it is done: a wake-up and a
+/// context switch on both sides, hundreds of times per training step. Run
+/// from a worker, the loop starts on the calling thread and the other
+/// workers steal halves of it. On the tiny model's step this cut context
+/// switches fivefold (32k to 6.3k in 42 steps, `perf stat`) and the CPU
+/// time by 7%. It is also what PyTorch's OpenMP does: the calling thread
+/// is thread 0 of the team.
+pub fn in_thread_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    // The main thread's 8 MiB of stack rather than rayon's default 2, since
+    // the whole run now lives on a worker. This only takes effect if nothing
+    // has used rayon yet; otherwise the pool already exists, as it is.
+    let _ = rayon::ThreadPoolBuilder::new().stack_size(8 << 20).build_global();
+    rayon::scope(|_| f())
+}
+
 /// `run_on_device!(device_str, run_fn(args...))` calls `run_fn::<B>(&device, args...)`
-/// with the backend `B` that `device_str` names.
+/// with the backend `B` that `device_str` names, on a rayon worker thread
+/// (see [`in_thread_pool`]).
 #[macro_export]
 macro_rules! run_on_device {
     ($device:expr, $run:ident ( $($arg:expr),* $(,)? )) => {{
-        match $crate::device::parse_device($device) {
+        $crate::device::in_thread_pool(|| match $crate::device::parse_device($device) {
             Err(e) => Err(e),
             Ok($crate::device::DeviceKind::Cpu) => {
                 $run::<burn::backend::Autodiff<burn::backend::NdArray<f32>>>(&Default::default(), $($arg),*)
@@ -52,7 +72,7 @@ macro_rules! run_on_device {
             Ok($crate::device::DeviceKind::Cuda(_)) => Err(anyhow::anyhow!(
                 "--device cuda: this binary was built without CUDA support; rebuild with `--features cuda`"
             )),
-        }
+        })
     }};
 }
 
