@@ -189,8 +189,16 @@ impl<B: Kernels> Backward<B, 2> for Matmul {
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let (a, b) = ops.state;
         let dy = grads.consume::<B>(&ops.node);
+        let ids = ops.parents.map(|p| p.map(|p| p.id));
+        if let [Some(a_id), None] = ids {
+            // b needs no gradient (a frozen weight, as under LoRA): skip its
+            // product. da = dy·bᵀ is itself a matmul, with b's layout flipped.
+            let da = B::matmul(tensor(dy), tensor(b), !self.b_transposed); // [m, n]·[n, k]
+            grads.register::<B>(a_id, float(da));
+            return;
+        }
         let (da, db) = B::matmul_backward(tensor(a), tensor(b), tensor(dy), self.b_transposed);
-        register::<B, 2>(grads, ops.parents.map(|p| p.map(|p| p.id)), [float(da), float(db)]);
+        register::<B, 2>(grads, ids, [float(da), float(db)]);
     }
 }
 
@@ -204,8 +212,15 @@ impl<B: Kernels> Backward<B, 3> for Linear {
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let (x, w) = ops.state;
         let dy = grads.consume::<B>(&ops.node);
+        let ids = ops.parents.map(|p| p.map(|p| p.id));
+        if let [Some(x_id), None, None] = ids {
+            // A frozen layer (LoRA's base): only dx = dy·wᵀ, one product of two.
+            let dx = B::matmul(tensor(dy), tensor(w), true); // [m, n]·[n, k]
+            grads.register::<B>(x_id, float(dx));
+            return;
+        }
         let (dx, dw, dbias) = B::linear_rows_backward(tensor(x), tensor(w), tensor(dy));
-        register::<B, 3>(grads, ops.parents.map(|p| p.map(|p| p.id)), [float(dx), float(dw), float(dbias)]);
+        register::<B, 3>(grads, ids, [float(dx), float(dw), float(dbias)]);
     }
 }
 

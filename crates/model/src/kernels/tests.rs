@@ -300,6 +300,28 @@ fn linear_matches_burn_and_its_gradients() {
     assert_close(db.reshape([1, n]), db_burn, "dbias (plain formula)");
 }
 
+/// With the weight frozen (LoRA's base layers), the nodes compute only the
+/// input's gradient, by a different path: it must equal burn's.
+#[test]
+fn frozen_weights_still_give_the_input_gradient() {
+    let (m, k, n) = (9, 13, 7);
+    let (x, weighting) = (random(m, k, 1.0), random(m, n, 1.0));
+    let dx_of = |y: Tensor<CpuTrain, 2>, x: &Tensor<CpuTrain, 2>| x.grad(&(y * weighting.clone()).sum().backward()).unwrap();
+    for b_transposed in [false, true] {
+        let w = if b_transposed { random(n, k, 1.0) } else { random(k, n, 1.0) }; // not tracked
+        let plain_w = if b_transposed { w.clone().transpose() } else { w.clone() };
+        let x = x.clone().require_grad();
+        let fused = dx_of(CpuTrain::matmul(x.clone(), w.clone(), b_transposed), &x);
+        let plain = dx_of(x.clone().matmul(plain_w), &x);
+        assert_close(fused, plain, &format!("dx, frozen matmul (b transposed: {b_transposed})"));
+    }
+    let (w, bias) = (random(k, n, 1.0), random(1, n, 1.0).reshape([n]));
+    let x = x.require_grad();
+    let fused = dx_of(CpuTrain::linear_rows(x.clone(), w.clone(), bias.clone()), &x);
+    let plain = dx_of(x.clone().matmul(w) + bias.unsqueeze(), &x);
+    assert_close(fused, plain, "dx, frozen linear");
+}
+
 /// The sum of squares over more than one chunk (the last one short).
 #[test]
 fn sum_squares_matches_the_plain_formula() {
