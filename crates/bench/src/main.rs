@@ -20,10 +20,10 @@ use std::time::Instant;
 
 use anyhow::Result;
 use burn::optim::GradientsParams;
-use model::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, ElementConversion, Int, Tensor};
 use clap::Parser;
-use model::{Gpt, GptConfig};
+use kernels::{AutodiffBackend, Backend};
+use model::{ComputeConfig, Gpt, GptConfig};
 use train::clip::clip_grad_norm;
 use train::optim::{Optim, OptimizerKind};
 
@@ -67,7 +67,7 @@ struct Args {
     /// Untimed steps first: allocator pools, caches and (on a GPU) kernel compilation warm up here.
     #[arg(long, default_value_t = 2)]
     warmup: usize,
-    /// Attention as written out (softmax(QKᵀ/√d + mask)·V) instead of burn's fused call.
+    /// Attention as written out (softmax(QKᵀ/√d + mask)·V) instead of the fused kernel.
     #[arg(long)]
     plain_attention: bool,
     /// Dropout during the benchmark (the reference uses 0).
@@ -127,18 +127,26 @@ fn shape(args: &Args, preset: &str) -> Result<GptConfig> {
     cfg.n_layers = args.layers.unwrap_or(cfg.n_layers);
     cfg.n_heads = args.heads.unwrap_or(cfg.n_heads);
     cfg.dropout = args.dropout;
-    cfg.fused_attention = !args.plain_attention;
     cfg.validate().map_err(anyhow::Error::msg)?;
     Ok(cfg)
 }
 
-fn bench<B: AutodiffBackend>(device: &B::Device, name: &str, cfg: &GptConfig, batch: usize, args: &Args) -> Result<Record> {
+fn bench<B: AutodiffBackend>(
+    device: &B::Device,
+    name: &str,
+    cfg: &GptConfig,
+    batch: usize,
+    args: &Args,
+) -> Result<Record> {
     B::seed(device, 0);
-    let mut model = Gpt::<B>::new(cfg, device);
+    let compute = ComputeConfig::new().with_fused_attention(!args.plain_attention);
+    let mut model = Gpt::<B>::new(cfg, device).with_compute(&compute);
     let mut optim = Optim::new(OptimizerKind::Adamw, 0.1, &model, &model.embedding_param_ids());
     let ctx = cfg.context_length;
     let random_tokens = || {
-        Tensor::<B, 2>::random([batch, ctx], Distribution::Uniform(0.0, cfg.vocab_size as f64), device).int().clamp(0, cfg.vocab_size as i64 - 1)
+        Tensor::<B, 2>::random([batch, ctx], Distribution::Uniform(0.0, cfg.vocab_size as f64), device)
+            .int()
+            .clamp(0, cfg.vocab_size as i64 - 1)
     };
     let (inputs, targets): (Tensor<B, 2, Int>, Tensor<B, 2, Int>) = (random_tokens(), random_tokens());
 

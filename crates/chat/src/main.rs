@@ -13,13 +13,13 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use model::{AutodiffBackend, Backend};
 use clap::Parser;
 use data::Tokenizer;
-use data::util::SplitMix64;
-use model::{Gpt, Sampling, generate};
 use data::chat::{Message, Role, check_chat_tokens, render_chatml};
 use data::tokenizer::IM_END;
+use data::util::SplitMix64;
+use kernels::{AutodiffBackend, Backend};
+use model::{GenerateOptions, Gpt, Sampling, generate};
 use train::adapter::load_with_adapter;
 use train::checkpoint::{load_run_model, read_stage};
 use train::run_on_device;
@@ -91,22 +91,30 @@ fn run<B: AutodiffBackend>(device: &B::Device, args: Args) -> Result<()> {
     // -----------------------------------------------------------------------
     // 2. Tokenizer and model (inference only: no autodiff)
     // -----------------------------------------------------------------------
-    let tokenizer = Tokenizer::load(&args.model.join("tokenizer.json")).with_context(|| format!("--model {}", args.model.display()))?;
+    let tokenizer = Tokenizer::load(&args.model.join("tokenizer.json"))
+        .with_context(|| format!("--model {}", args.model.display()))?;
     let (config, model) = match &args.adapter {
         Some(adapter) => {
             let (config, model, _) = load_with_adapter::<B::InnerBackend>(&args.model, adapter, device)?;
             (config, model)
         }
-        None => load_run_model::<B::InnerBackend>(&args.model, device).with_context(|| format!("--model {}", args.model.display()))?,
+        None => load_run_model::<B::InnerBackend>(&args.model, device)
+            .with_context(|| format!("--model {}", args.model.display()))?,
     };
-    eprintln!("loaded {} ({} layers, d_model {}, context {})", args.model.display(), config.n_layers, config.d_model, config.context_length);
+    eprintln!(
+        "loaded {} ({} layers, d_model {}, context {})",
+        args.model.display(),
+        config.n_layers,
+        config.d_model,
+        config.context_length
+    );
     let sampling = Sampling {
         temperature: args.temperature,
         top_k: (args.top_k > 0).then_some(args.top_k),
         top_p: (args.top_p < 1.0).then_some(args.top_p),
         repetition_penalty: args.repetition_penalty,
     };
-    let mut rng = SplitMix64(args.seed);
+    let rng = SplitMix64(args.seed);
 
     // -----------------------------------------------------------------------
     // 3. Generate: one prompt, or a loop reading prompts from stdin
@@ -115,13 +123,17 @@ fn run<B: AutodiffBackend>(device: &B::Device, args: Args) -> Result<()> {
     if chat {
         check_chat_tokens(&tokenizer, &args.model.join("tokenizer.json"))?;
     }
-    let mut history: Vec<Message> = args.system.iter().map(|s| Message::new(Role::System, s.clone())).collect();
+    let history: Vec<Message> = args.system.iter().map(|s| Message::new(Role::System, s.clone())).collect();
     let first_turn = history.len();
+    let mut session = Session { model: &model, tokenizer: &tokenizer, args: &args, sampling, rng, chat, history };
     if let Some(prompt) = &args.prompt {
-        respond(&model, &tokenizer, prompt, chat, &mut history, &args, &sampling, &mut rng)?;
-        return Ok(());
+        return session.respond(prompt);
     }
-    eprintln!("{} (Ctrl-D or /exit to quit{})", if chat { "chat with the model" } else { "type text for the model to continue" }, if chat { ", /reset to forget the conversation" } else { "" });
+    let (what, reset) = match chat {
+        true => ("chat with the model", ", /reset to forget the conversation"),
+        false => ("type text for the model to continue", ""),
+    };
+    eprintln!("{what} (Ctrl-D or /exit to quit{reset})");
     let stdin = std::io::stdin();
     loop {
         eprint!("> ");
@@ -133,68 +145,95 @@ fn run<B: AutodiffBackend>(device: &B::Device, args: Args) -> Result<()> {
             "" => {}
             "/exit" => return Ok(()),
             "/reset" => {
-                history.truncate(first_turn);
+                session.history.truncate(first_turn);
                 eprintln!("(conversation forgotten)");
             }
-            prompt => respond(&model, &tokenizer, prompt, chat, &mut history, &args, &sampling, &mut rng)?,
+            prompt => session.respond(prompt)?,
         }
     }
 }
 
-/// Answers one user input: as the next chat turn, or as a text continuation.
-#[allow(clippy::too_many_arguments)]
-fn respond<B: Backend>(model: &Gpt<B>, tokenizer: &Tokenizer, input: &str, chat: bool, history: &mut Vec<Message>, args: &Args, sampling: &Sampling, rng: &mut SplitMix64) -> Result<()> {
-    if !chat {
-        let ids = tokenizer.encode(input);
-        anyhow::ensure!(!ids.is_empty(), "the prompt is empty");
-        print!("{input}");
-        stream(model, tokenizer, &ids, tokenizer.eot_id, args, sampling, rng)?;
-        return Ok(());
-    }
-    history.push(Message::new(Role::User, input));
-    // The oldest turns go first when the conversation outgrows the context
-    // (the system prompt stays), leaving room for the answer.
-    let keep = usize::from(history.first().is_some_and(|m| m.role == Role::System));
-    let room = model.context_length().saturating_sub(args.max_new_tokens.min(model.context_length() / 2));
-    let mut prompt = tokenizer.encode(&render_chatml(history, true));
-    // Turns go in user/assistant pairs, so the history still starts with a
-    // user turn, as every training conversation did.
-    while prompt.len() > room && history.len() > keep + 2 {
-        history.drain(keep..keep + 2);
-        prompt = tokenizer.encode(&render_chatml(history, true));
-    }
-    if prompt.len() > room {
-        prompt.drain(..prompt.len() - room); // a single over-long message: keep its end
-    }
-    let im_end = tokenizer.token_id(IM_END).expect("checked at start");
-    let answer = stream(model, tokenizer, &prompt, im_end, args, sampling, rng)?;
-    history.push(Message::new(Role::Assistant, answer));
-    Ok(())
+/// A conversation with a loaded model (or, for a pretrained one, a series
+/// of text continuations).
+struct Session<'a, B: Backend> {
+    model: &'a Gpt<B>,
+    tokenizer: &'a Tokenizer,
+    args: &'a Args,
+    sampling: Sampling,
+    /// One generator for the whole session: a seed reproduces all of it.
+    rng: SplitMix64,
+    /// Through the chat template (a fine-tuned model), or plain text.
+    chat: bool,
+    /// The turns so far (a system prompt first, if given).
+    history: Vec<Message>,
 }
 
-/// Prints the continuation of `prompt` token by token until `stop`; returns it.
-fn stream<B: Backend>(model: &Gpt<B>, tokenizer: &Tokenizer, prompt: &[u32], stop: u32, args: &Args, sampling: &Sampling, rng: &mut SplitMix64) -> Result<String> {
-    let mut stdout = std::io::stdout();
-    let mut generated: Vec<u32> = Vec::new();
-    let mut printed = 0; // bytes of the decoded continuation already shown
-    let started = Instant::now();
-    let ids = generate(model, prompt, args.max_new_tokens, sampling, (!args.ignore_eot).then_some(stop), !args.no_cache, &mut || rng.next_f64(), &mut |id| {
-        if id == stop {
-            return true;
+impl<B: Backend> Session<'_, B> {
+    /// Answers one user input: as the next chat turn, or as a text continuation.
+    fn respond(&mut self, input: &str) -> Result<()> {
+        let (model, tokenizer) = (self.model, self.tokenizer);
+        if !self.chat {
+            let ids = tokenizer.encode(input);
+            anyhow::ensure!(!ids.is_empty(), "the prompt is empty");
+            print!("{input}");
+            self.stream(&ids, tokenizer.eot_id)?;
+            return Ok(());
         }
-        generated.push(id);
-        // A Chinese character can span several byte-level tokens: decode the
-        // whole continuation and print only complete new characters.
-        let text = tokenizer.decode(&generated);
-        if !text.ends_with('\u{FFFD}') && text.len() > printed {
-            print!("{}", &text[printed..]);
-            stdout.flush().ok();
-            printed = text.len();
+        let history = &mut self.history;
+        history.push(Message::new(Role::User, input));
+        // The oldest turns go first when the conversation outgrows the context
+        // (the system prompt stays), leaving room for the answer.
+        let keep = usize::from(history.first().is_some_and(|m| m.role == Role::System));
+        let room = model.context_length().saturating_sub(self.args.max_new_tokens.min(model.context_length() / 2));
+        let mut prompt = tokenizer.encode(&render_chatml(history, true));
+        // Turns go in user/assistant pairs, so the history still starts with a
+        // user turn, as every training conversation did.
+        while prompt.len() > room && history.len() > keep + 2 {
+            history.drain(keep..keep + 2);
+            prompt = tokenizer.encode(&render_chatml(history, true));
         }
-        true
-    });
-    let secs = started.elapsed().as_secs_f64();
-    println!();
-    eprintln!("[{} tokens in {secs:.2} s: {:.1} tokens/s{}]", ids.len(), ids.len() as f64 / secs, if args.no_cache { ", no KV cache" } else { "" });
-    Ok(tokenizer.decode(&generated))
+        if prompt.len() > room {
+            prompt.drain(..prompt.len() - room); // a single over-long message: keep its end
+        }
+        let im_end = tokenizer.token_id(IM_END).expect("checked at start");
+        let answer = self.stream(&prompt, im_end)?;
+        self.history.push(Message::new(Role::Assistant, answer));
+        Ok(())
+    }
+
+    /// Prints the continuation of `prompt` token by token until `stop`; returns it.
+    fn stream(&mut self, prompt: &[u32], stop: u32) -> Result<String> {
+        let (tokenizer, args) = (self.tokenizer, self.args);
+        let mut stdout = std::io::stdout();
+        let mut generated: Vec<u32> = Vec::new();
+        let mut printed = 0; // bytes of the decoded continuation already shown
+        let started = Instant::now();
+        let options = GenerateOptions {
+            max_new_tokens: args.max_new_tokens,
+            sampling: self.sampling,
+            stop_token: (!args.ignore_eot).then_some(stop),
+            use_cache: !args.no_cache,
+        };
+        let rng = &mut self.rng;
+        let ids = generate(self.model, prompt, &options, &mut || rng.next_f64(), &mut |id| {
+            if id == stop {
+                return true;
+            }
+            generated.push(id);
+            // A Chinese character can span several byte-level tokens: decode the
+            // whole continuation and print only complete new characters.
+            let text = tokenizer.decode(&generated);
+            if !text.ends_with('\u{FFFD}') && text.len() > printed {
+                print!("{}", &text[printed..]);
+                stdout.flush().ok();
+                printed = text.len();
+            }
+            true
+        });
+        let secs = started.elapsed().as_secs_f64();
+        println!();
+        let cache = if args.no_cache { ", no KV cache" } else { "" };
+        eprintln!("[{} tokens in {secs:.2} s: {:.1} tokens/s{cache}]", ids.len(), ids.len() as f64 / secs);
+        Ok(tokenizer.decode(&generated))
+    }
 }

@@ -93,7 +93,10 @@ pub fn tokenize_conversation(tokenizer: &Tokenizer, messages: &[Message]) -> (Ve
 pub fn check_chat_tokens(tokenizer: &Tokenizer, path: &Path) -> Result<()> {
     for token in [IM_START, IM_END, PAD] {
         if tokenizer.token_id(token).is_none() {
-            bail!("{} lacks the special token `{token}` that the chat template needs; use a tokenizer trained by this project's pretrain stage", path.display());
+            bail!(
+                "{} lacks the special token `{token}` that the chat template needs; use a tokenizer trained by this project's pretrain stage",
+                path.display()
+            );
         }
     }
     Ok(())
@@ -114,7 +117,12 @@ pub fn validate_conversation(messages: &[Message]) -> std::result::Result<(), St
         if i >= start {
             let expected = if (i - start) % 2 == 0 { Role::User } else { Role::Assistant };
             if m.role != expected {
-                return Err(format!("turn {} is {} but {} was expected (turns alternate user/assistant)", i + 1, m.role.as_str(), expected.as_str()));
+                return Err(format!(
+                    "turn {} is {} but {} was expected (turns alternate user/assistant)",
+                    i + 1,
+                    m.role.as_str(),
+                    expected.as_str()
+                ));
             }
         }
     }
@@ -129,7 +137,10 @@ mod tests {
     use super::*;
 
     fn tokenizer() -> Tokenizer {
-        let docs = ["Varnel lies by the river Tesk. What river is Varnel beside? The Tesk.", "user assistant system 你好，世界。"];
+        let docs = [
+            "Varnel lies by the river Tesk. What river is Varnel beside? The Tesk.",
+            "user assistant system 你好，世界。",
+        ];
         Tokenizer::train(docs.iter().cycle().take(40).map(|s| s.to_string()), 320).unwrap()
     }
 
@@ -143,7 +154,10 @@ mod tests {
             render_chatml(&two_turns(), false),
             "<|im_start|>user\nWhat river is Varnel beside?<|im_end|>\n<|im_start|>assistant\nThe Tesk.<|im_end|>\n"
         );
-        assert_eq!(render_chatml(&two_turns()[..1], true), "<|im_start|>user\nWhat river is Varnel beside?<|im_end|>\n<|im_start|>assistant\n");
+        assert_eq!(
+            render_chatml(&two_turns()[..1], true),
+            "<|im_start|>user\nWhat river is Varnel beside?<|im_end|>\n<|im_start|>assistant\n"
+        );
     }
 
     #[test]
@@ -172,8 +186,12 @@ mod tests {
         let user = Message::new(Role::User, "Hi");
         let bot = Message::new(Role::Assistant, "Hello.");
         assert!(validate_conversation(&[sys.clone(), user.clone(), bot.clone()]).is_ok());
-        assert!(validate_conversation(&[user.clone()]).unwrap_err().contains("no assistant turn"));
-        assert!(validate_conversation(&[user.clone(), Message::new(Role::Assistant, "  ")]).unwrap_err().contains("empty content"));
+        assert!(validate_conversation(std::slice::from_ref(&user)).unwrap_err().contains("no assistant turn"));
+        assert!(
+            validate_conversation(&[user.clone(), Message::new(Role::Assistant, "  ")])
+                .unwrap_err()
+                .contains("empty content")
+        );
         assert!(validate_conversation(&[bot.clone(), user.clone()]).unwrap_err().contains("user was expected"));
         assert!(validate_conversation(&[]).is_err());
     }

@@ -100,7 +100,11 @@ impl Documents {
                 return Ok(None);
             }
             let file = self.current.as_mut().expect("opened above");
-            let doc = if file.jsonl { next_jsonl(file, self.corpus.skip_bad_lines, &mut self.skipped)? } else { next_paragraph(file)? };
+            let doc = if file.jsonl {
+                next_jsonl(file, self.corpus.skip_bad_lines, &mut self.skipped)?
+            } else {
+                next_paragraph(file)?
+            };
             match doc {
                 Some(doc) => return Ok(Some(doc)),
                 None => self.current = None, // this file is done
@@ -195,7 +199,8 @@ mod tests {
         assert!(Corpus::open(&dir.join("empty.txt")).unwrap_err().to_string().contains("is empty"));
 
         let bad = dir.join("bad.jsonl");
-        std::fs::write(&bad, "{\"text\": \"ok\"}\nnot json\n{\"title\": \"no text\"}\n{\"text\": \"also ok\"}\n").unwrap();
+        std::fs::write(&bad, "{\"text\": \"ok\"}\nnot json\n{\"title\": \"no text\"}\n{\"text\": \"also ok\"}\n")
+            .unwrap();
         let mut corpus = Corpus::open(&bad).unwrap();
         let err = corpus.documents().collect::<Result<Vec<_>>>().unwrap_err().to_string();
         assert!(err.contains("bad.jsonl:2: not valid JSON"), "{err}");

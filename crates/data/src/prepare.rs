@@ -10,8 +10,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::corpus::Corpus;
 use crate::token_file::{TokenFile, cache_path, fingerprint};
-use crate::util::fnv1a;
 use crate::tokenizer::Tokenizer;
+use crate::util::fnv1a;
 
 /// BPE training reads at most this much text: merges learned from a few
 /// hundred MB barely change with more, while memory and time keep growing.
@@ -21,7 +21,12 @@ const TOKENIZER_TRAIN_BYTES: usize = 256 << 20;
 /// corpus (as it is now: an edited corpus gets a new tokenizer) and
 /// vocabulary size, else trains one on the corpus and caches it.
 /// Returns the tokenizer and whether it was trained just now.
-pub fn load_or_train_tokenizer(path: Option<&Path>, corpus: &Corpus, vocab_size: usize, cache_dir: &Path) -> Result<(Tokenizer, bool)> {
+pub fn load_or_train_tokenizer(
+    path: Option<&Path>,
+    corpus: &Corpus,
+    vocab_size: usize,
+    cache_dir: &Path,
+) -> Result<(Tokenizer, bool)> {
     if let Some(path) = path {
         return Ok((Tokenizer::load(path).context("--tokenizer")?, false));
     }
@@ -57,8 +62,12 @@ pub fn load_or_train_tokenizer(path: Option<&Path>, corpus: &Corpus, vocab_size:
 /// The corpus's token file, built on first use (with a progress bar).
 pub fn tokenize_corpus(corpus: &Corpus, tokenizer: &Tokenizer, cache_dir: &Path) -> Result<(TokenFile, bool)> {
     let bar = ProgressBar::new(corpus.total_bytes());
-    bar.set_style(ProgressStyle::with_template("tokenizing {bar:30} {bytes}/{total_bytes} ({bytes_per_sec})").expect("valid template"));
-    let result = TokenFile::build_or_load(corpus, tokenizer, &cache_path(cache_dir, corpus), |done| bar.set_position(done));
+    bar.set_style(
+        ProgressStyle::with_template("tokenizing {bar:30} {bytes}/{total_bytes} ({bytes_per_sec})")
+            .expect("valid template"),
+    );
+    let result =
+        TokenFile::build_or_load(corpus, tokenizer, &cache_path(cache_dir, corpus), |done| bar.set_position(done));
     bar.finish_and_clear();
     result
 }

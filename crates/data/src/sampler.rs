@@ -32,7 +32,15 @@ pub struct BatchSampler {
 impl BatchSampler {
     pub fn new(n_items: usize, batch_size: usize, shuffle: bool, drop_last: bool, seed: u64) -> Self {
         assert!(batch_size > 0, "batch size must be positive");
-        let mut sampler = Self { n_items, batch_size, shuffle, drop_last, seed, order: Vec::new(), position: SamplerPosition::default() };
+        let mut sampler = Self {
+            n_items,
+            batch_size,
+            shuffle,
+            drop_last,
+            seed,
+            order: Vec::new(),
+            position: SamplerPosition::default(),
+        };
         sampler.restore(SamplerPosition::default());
         sampler
     }

@@ -43,7 +43,9 @@ pub fn parse_line(line: &str) -> std::result::Result<(Vec<Message>, Option<Strin
     let messages = if let Some(turns) = value.get("conversations") {
         let turns = turns.as_array().ok_or("\"conversations\" must be an array")?;
         turns.iter().enumerate().map(|(i, t)| parse_turn(i, t)).collect::<std::result::Result<Vec<_>, _>>()?
-    } else if let (Some(instruction), Some(output)) = (value.get("instruction").and_then(Value::as_str), value.get("output").and_then(Value::as_str)) {
+    } else if let (Some(instruction), Some(output)) =
+        (value.get("instruction").and_then(Value::as_str), value.get("output").and_then(Value::as_str))
+    {
         // Alpaca: the optional input (context) follows the instruction.
         let input = value.get("input").and_then(Value::as_str).unwrap_or("");
         let user = if input.is_empty() { instruction.to_string() } else { format!("{instruction}\n\n{input}") };
@@ -63,7 +65,8 @@ fn parse_turn(i: usize, turn: &Value) -> std::result::Result<Message, String> {
         "assistant" => Role::Assistant,
         other => return Err(format!("turn {} has unknown role `{other}` (expected system, user or assistant)", i + 1)),
     };
-    let content = turn.get("content").and_then(Value::as_str).ok_or(format!("turn {} has no string \"content\"", i + 1))?;
+    let content =
+        turn.get("content").and_then(Value::as_str).ok_or(format!("turn {} has no string \"content\"", i + 1))?;
     Ok(Message::new(role, content))
 }
 
@@ -119,7 +122,8 @@ pub struct SftBatch {
 /// Pads examples to the batch's longest with the pad id; padding is never supervised.
 pub fn collate(examples: &[&SftExample], pad_id: u32) -> SftBatch {
     let seq_len = examples.iter().map(|e| e.ids.len() - 1).max().unwrap_or(0);
-    let mut batch = SftBatch { inputs: Vec::new(), targets: Vec::new(), mask: Vec::new(), batch_size: examples.len(), seq_len };
+    let mut batch =
+        SftBatch { inputs: Vec::new(), targets: Vec::new(), mask: Vec::new(), batch_size: examples.len(), seq_len };
     for e in examples {
         let n = e.ids.len() - 1;
         batch.inputs.extend(&e.ids[..n]);
@@ -156,7 +160,8 @@ mod tests {
 
     #[test]
     fn reads_both_formats_and_names_bad_lines() {
-        let (m, a) = parse_line(r#"{"instruction": "Add.", "input": "7 and 5", "output": "12", "answer": "12"}"#).unwrap();
+        let (m, a) =
+            parse_line(r#"{"instruction": "Add.", "input": "7 and 5", "output": "12", "answer": "12"}"#).unwrap();
         assert_eq!(m, vec![Message::new(Role::User, "Add.\n\n7 and 5"), Message::new(Role::Assistant, "12")]);
         assert_eq!(a.as_deref(), Some("12"));
         let err = parse_line(r#"{"conversations": [{"role": "bot", "content": "hi"}]}"#).unwrap_err();
@@ -169,7 +174,13 @@ mod tests {
         let good = r#"{"conversations": [{"role": "user", "content": "What is 7 plus 5?"}, {"role": "assistant", "content": "7 plus 5 is 12."}]}"#;
         let path = write("bad", &format!("{good}\n\n{{\"conversations\": 3}}\n{good}\n"));
         let err = SftDataset::load(&path, &tok, 64, false).unwrap_err().to_string();
-        assert!(err.ends_with(&format!("{}:3: \"conversations\" must be an array (pass --skip-bad-lines to skip such lines)", path.display())), "{err}");
+        assert!(
+            err.ends_with(&format!(
+                "{}:3: \"conversations\" must be an array (pass --skip-bad-lines to skip such lines)",
+                path.display()
+            )),
+            "{err}"
+        );
         let data = SftDataset::load(&path, &tok, 64, true).unwrap();
         assert_eq!((data.examples.len(), data.skipped_bad), (2, 1));
         std::fs::remove_file(path).ok();
@@ -195,8 +206,14 @@ mod tests {
 
     #[test]
     fn collate_pads_to_the_longest_and_masks_padding() {
-        let long = SftExample { messages: vec![], ids: vec![1, 2, 3, 4, 5], supervised: vec![false, false, true, true, false], answer: None };
-        let short = SftExample { messages: vec![], ids: vec![6, 7, 8], supervised: vec![false, true, true], answer: None };
+        let long = SftExample {
+            messages: vec![],
+            ids: vec![1, 2, 3, 4, 5],
+            supervised: vec![false, false, true, true, false],
+            answer: None,
+        };
+        let short =
+            SftExample { messages: vec![], ids: vec![6, 7, 8], supervised: vec![false, true, true], answer: None };
         let b = collate(&[&long, &short], 0);
         assert_eq!((b.batch_size, b.seq_len), (2, 4));
         assert_eq!(b.inputs, [1, 2, 3, 4, 6, 7, 0, 0]);

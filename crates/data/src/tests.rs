@@ -106,7 +106,8 @@ fn the_cached_tokenizer_is_reused_until_the_corpus_changes() {
     let (dir, _, _) = corpus_fixture("tokcache");
     let corpus_path = dir.join("corpus.txt");
     let cache = dir.join("cache");
-    let load = || crate::prepare::load_or_train_tokenizer(None, &Corpus::open(&corpus_path).unwrap(), 300, &cache).unwrap().1;
+    let load =
+        || crate::prepare::load_or_train_tokenizer(None, &Corpus::open(&corpus_path).unwrap(), 300, &cache).unwrap().1;
     assert!(load(), "first use trains");
     assert!(!load(), "second use loads the cached one");
     // An edited corpus (here: one more document, so its size changes) must

@@ -54,13 +54,13 @@ impl TokenFile {
         let (bin, json) = (cache.with_extension("bin"), cache.with_extension("json"));
         let expected_hash = fnv1a(tokenizer.to_json().as_bytes());
         let fingerprint = fingerprint(corpus)?;
-        if let Ok(text) = std::fs::read_to_string(&json) {
-            if let Ok(meta) = serde_json::from_str::<TokenFileMeta>(&text) {
-                // A cache from another tokenizer or another corpus would feed
-                // the model ids that mean something else: rebuild instead.
-                if meta.tokenizer_hash == expected_hash && meta.corpus_fingerprint == fingerprint {
-                    return Ok((Self::open(&bin, meta)?, true));
-                }
+        if let Ok(text) = std::fs::read_to_string(&json)
+            && let Ok(meta) = serde_json::from_str::<TokenFileMeta>(&text)
+        {
+            // A cache from another tokenizer or another corpus would feed
+            // the model ids that mean something else: rebuild instead.
+            if meta.tokenizer_hash == expected_hash && meta.corpus_fingerprint == fingerprint {
+                return Ok((Self::open(&bin, meta)?, true));
             }
         }
         let bytes_per_token = if tokenizer.vocab_size() <= 1 << 16 { 2 } else { 4 };
@@ -118,7 +118,12 @@ impl TokenFile {
         // while mapped. (Another process truncating it would be undefined.)
         let mmap = unsafe { Mmap::map(&file)? };
         if mmap.len() != meta.num_tokens * meta.bytes_per_token {
-            bail!("{} has {} bytes, its metadata says {} tokens: delete it to rebuild", bin.display(), mmap.len(), meta.num_tokens);
+            bail!(
+                "{} has {} bytes, its metadata says {} tokens: delete it to rebuild",
+                bin.display(),
+                mmap.len(),
+                meta.num_tokens
+            );
         }
         Ok(Self { mmap, meta })
     }

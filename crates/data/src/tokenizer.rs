@@ -39,7 +39,9 @@ impl Tokenizer {
         I: Iterator<Item = String> + Send,
     {
         if vocab_size < 256 + SPECIAL_TOKENS.len() {
-            bail!("--vocab-size {vocab_size} is too small: byte-level BPE needs at least 260 (256 bytes + 4 special tokens)");
+            bail!(
+                "--vocab-size {vocab_size} is too small: byte-level BPE needs at least 260 (256 bytes + 4 special tokens)"
+            );
         }
         let specials = SPECIAL_TOKENS.iter().map(|t| AddedToken::from(*t, true)).collect();
         let mut trainer = BpeTrainerBuilder::new()
@@ -85,9 +87,7 @@ impl Tokenizer {
 
     /// Writes the standard `tokenizer.json`.
     pub fn save(&self, path: &Path) -> Result<()> {
-        self.inner
-            .save(path, false)
-            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
+        self.inner.save(path, false).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
     }
 
     /// The whole file as a string (hashed to detect a changed tokenizer).

@@ -13,10 +13,7 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
 /// Writes a file so that readers see either the old or the new content, never
 /// half of it: write a temporary file beside it, flush it to disk, rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!(
-        "{}.tmp",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("")
-    ));
+    let tmp = path.with_extension(format!("{}.tmp", path.extension().and_then(|e| e.to_str()).unwrap_or("")));
     let mut file = std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
     file.write_all(bytes)?;
     file.sync_all()?;

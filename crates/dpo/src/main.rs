@@ -1,6 +1,6 @@
-//! Stage 4, DPO (direct preference optimisation): from pairs of a preferred
-//! and a rejected answer, move the chat model toward the preferred ones,
-//! without a reward model.
+//! DPO (direct preference optimisation): from pairs of a preferred and a
+//! rejected answer, move the chat model toward the preferred ones, without a
+//! reward model (walkthrough: `notebooks-md/07-dpo.md`).
 //!
 //! ```text
 //! cargo run --release -p dpo                      # from runs/sft, on data/dpo.jsonl, ~1-2 min on CPU
@@ -15,15 +15,15 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use burn::module::AutodiffModule;
-use model::AutodiffBackend;
 use clap::Parser;
 use data::dpo::DpoDataset;
 use data::sft::pad_id;
+use kernels::AutodiffBackend;
 use model::count_params;
 use serde::{Deserialize, Serialize};
 use train::checkpoint::RunConfig;
-use train::dpo_task::DpoTask;
 use train::run::{find_in_repo, load_init, load_questions, print_plan, start_run};
+use train::tasks::dpo::DpoTask;
 use train::{Plan, TrainArgs, run_on_device};
 
 // mimalloc, keeping freed memory for reuse (see `train::alloc`).
@@ -53,6 +53,9 @@ struct Args {
     /// SFT questions scored at each evaluation (0 = all).
     #[arg(long, default_value_t = 100)]
     eval_questions: usize,
+    /// Longest reply generated when scoring an answer.
+    #[arg(long, default_value_t = 32)]
+    max_answer_tokens: usize,
     /// β: how far the policy may move from the reference. Small β lets it
     /// drift far to satisfy the preferences; large β keeps it close. Above
     /// the DPO paper's 0.1 because the tiny default model collapsed there to
@@ -117,13 +120,24 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
     // 3. Data: preference pairs (and SFT questions for answer accuracy)
     // -----------------------------------------------------------------------
     let seq_len = args.max_seq_len.unwrap_or(model_cfg.context_length);
-    anyhow::ensure!(seq_len > 0 && seq_len <= model_cfg.context_length, "--max-seq-len {seq_len} must be between 1 and the model's context length {}", model_cfg.context_length);
+    anyhow::ensure!(
+        seq_len > 0 && seq_len <= model_cfg.context_length,
+        "--max-seq-len {seq_len} must be between 1 and the model's context length {}",
+        model_cfg.context_length
+    );
     args.data = find_in_repo(&args.data);
     args.eval_data = find_in_repo(&args.eval_data);
     let train_set = DpoDataset::load(&args.data, &tokenizer, seq_len, args.skip_bad_lines).context("--data")?;
     let val_set = DpoDataset::load(&args.eval_data, &tokenizer, seq_len, args.skip_bad_lines).context("--eval-data")?;
-    println!("pairs:      {} training, {} held out ({} + {} bad lines skipped)", train_set.pairs.len(), val_set.pairs.len(), train_set.skipped, val_set.skipped);
-    let questions = load_questions(&args.sft_eval_data, &tokenizer, seq_len, args.skip_bad_lines, args.eval_questions).context("--sft-eval-data")?;
+    println!(
+        "pairs:      {} training, {} held out ({} + {} bad lines skipped)",
+        train_set.pairs.len(),
+        val_set.pairs.len(),
+        train_set.skipped,
+        val_set.skipped
+    );
+    let questions = load_questions(&args.sft_eval_data, &tokenizer, seq_len, args.skip_bad_lines, args.eval_questions)
+        .context("--sft-eval-data")?;
 
     // -----------------------------------------------------------------------
     // 4. The plan (and --dry-run)
@@ -131,18 +145,40 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
     let plan = Plan::new(train_set.pairs.len(), &args.train)?;
     let tokens = |set: &DpoDataset| set.pairs.iter().map(|p| p.chosen.ids.len() + p.rejected.ids.len()).sum::<usize>();
     print_plan(count_params(&model), tokens(&train_set), tokens(&val_set), &plan, 2 * seq_len);
-    println!("method:     sigmoid DPO, β {}, label smoothing {}; reference {}", args.beta, args.label_smoothing, if args.ref_on_the_fly { "run on every batch" } else { "scored once up front" });
+    println!(
+        "method:     sigmoid DPO, β {}, label smoothing {}; reference {}",
+        args.beta,
+        args.label_smoothing,
+        if args.ref_on_the_fly { "run on every batch" } else { "scored once up front" }
+    );
     if args.train.dry_run {
         return Ok(());
     }
     let out = args.train.out.clone();
-    start_run(&out, args.train.resume, args.train.overwrite, &RunConfig { stage: "dpo".into(), model: model_cfg.clone(), args: args.clone() }, &tokenizer)?;
+    start_run(
+        &out,
+        args.train.resume,
+        args.train.overwrite,
+        &RunConfig { stage: "dpo".into(), model: model_cfg.clone(), args: args.clone() },
+        &tokenizer,
+    )?;
 
     // -----------------------------------------------------------------------
     // 5. Train
     // -----------------------------------------------------------------------
-    let mut task = DpoTask::new(train_set, val_set, reference, device.clone(), args.beta, args.label_smoothing, pad_id(&tokenizer), tokenizer);
-    task.questions = questions;
+    let mut task = DpoTask {
+        train: train_set,
+        val: val_set,
+        reference,
+        device: device.clone(),
+        beta: args.beta,
+        label_smoothing: args.label_smoothing,
+        pad_id: pad_id(&tokenizer),
+        questions,
+        tokenizer,
+        max_answer_tokens: args.max_answer_tokens,
+        reference_scores: None,
+    };
     if !args.ref_on_the_fly {
         task.precompute_reference(args.train.batch_size);
     }
@@ -155,10 +191,27 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
     let evals: Vec<_> = outcome.log.events.iter().filter(|e| e.split == "val").collect();
     if let (Some(first), Some(last)) = (evals.first(), evals.last()) {
         let get = |e: &train::metrics::Event, k: &str| e.extra.get(k).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
-        println!("held-out pairs: loss {:.3} → {:.3}; reward accuracy {:.1}% → {:.1}%; margin {:.3} → {:.3}", first.loss, last.loss, 100.0 * get(first, "reward_accuracy"), 100.0 * get(last, "reward_accuracy"), get(first, "reward_margin"), get(last, "reward_margin"));
-        println!("rewards at the end: chosen {:.3}, rejected {:.3} (both falling together is a warning sign)", get(last, "chosen_reward"), get(last, "rejected_reward"));
+        println!(
+            "held-out pairs: loss {:.3} → {:.3}; reward accuracy {:.1}% → {:.1}%; margin {:.3} → {:.3}",
+            first.loss,
+            last.loss,
+            100.0 * get(first, "reward_accuracy"),
+            100.0 * get(last, "reward_accuracy"),
+            get(first, "reward_margin"),
+            get(last, "reward_margin")
+        );
+        println!(
+            "rewards at the end: chosen {:.3}, rejected {:.3} (both falling together is a warning sign)",
+            get(last, "chosen_reward"),
+            get(last, "rejected_reward")
+        );
         if !task.questions.is_empty() {
-            println!("SFT answer accuracy {:.1}% → {:.1}% ({:.0} s)", 100.0 * get(first, "answer_accuracy"), 100.0 * get(last, "answer_accuracy"), last.elapsed_s);
+            println!(
+                "SFT answer accuracy {:.1}% → {:.1}% ({:.0} s)",
+                100.0 * get(first, "answer_accuracy"),
+                100.0 * get(last, "answer_accuracy"),
+                last.elapsed_s
+            );
         }
     }
     Ok(())

@@ -1,5 +1,6 @@
-//! Stage 3, LoRA: teach the chat model a new skill while its own weights stay
-//! frozen; only small adapter matrices train, and they save on their own.
+//! LoRA: teach the chat model a new skill while its own weights stay frozen;
+//! only small adapter matrices train, and they save on their own
+//! (walkthrough: `notebooks-md/06-lora.md`).
 //!
 //! ```text
 //! cargo run --release -p lora                     # from runs/sft, on data/lora.jsonl, ~1-2 min on CPU
@@ -16,17 +17,17 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use burn::module::AutodiffModule;
-use model::AutodiffBackend;
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use data::sft::{SftDataset, pad_id};
 use data::util::write_atomic;
+use kernels::AutodiffBackend;
 use model::count_params;
 use model::lora::{LoraConfig, LoraTarget};
 use serde::{Deserialize, Serialize};
 use train::adapter::{AdapterConfig, load_with_adapter, save_adapter, weights_hash};
 use train::checkpoint::{RunConfig, checkpoint_dir, save_checkpoint, save_run_config};
 use train::run::{find_in_repo, load_init, load_questions, print_plan, start_run};
-use train::sft_task::SftTask;
+use train::tasks::sft::SftTask;
 use train::{Plan, TrainArgs, run_on_device};
 
 // mimalloc, keeping freed memory for reuse (see `train::alloc`).
@@ -132,7 +133,12 @@ fn main() -> std::process::ExitCode {
 fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
     args.train.validate()?;
     anyhow::ensure!(args.rank > 0, "--rank must be at least 1");
-    let targets = args.targets.iter().map(|t| t.parse::<LoraTarget>()).collect::<Result<Vec<_>, _>>().map_err(|e| anyhow::anyhow!("--targets: {e}"))?;
+    let targets = args
+        .targets
+        .iter()
+        .map(|t| t.parse::<LoraTarget>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("--targets: {e}"))?;
     let lora = LoraConfig { rank: args.rank, alpha: args.alpha, dropout: args.lora_dropout, targets };
     B::seed(device, args.train.seed);
 
@@ -147,13 +153,19 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
     // 3. Data: the new skill, plus the old skill's questions for retention
     // -----------------------------------------------------------------------
     let seq_len = args.max_seq_len.unwrap_or(model_cfg.context_length);
-    anyhow::ensure!(seq_len > 0 && seq_len <= model_cfg.context_length, "--max-seq-len {seq_len} must be between 1 and the model's context length {}", model_cfg.context_length);
+    anyhow::ensure!(
+        seq_len > 0 && seq_len <= model_cfg.context_length,
+        "--max-seq-len {seq_len} must be between 1 and the model's context length {}",
+        model_cfg.context_length
+    );
     args.data = find_in_repo(&args.data);
     args.eval_data = find_in_repo(&args.eval_data);
     let train_set = SftDataset::load(&args.data, &tokenizer, seq_len, args.skip_bad_lines).context("--data")?;
     let val_set = SftDataset::load(&args.eval_data, &tokenizer, seq_len, args.skip_bad_lines).context("--eval-data")?;
-    let task_questions = load_questions(&args.eval_data, &tokenizer, seq_len, args.skip_bad_lines, args.eval_questions).context("--eval-data")?;
-    let questions = load_questions(&args.sft_eval_data, &tokenizer, seq_len, args.skip_bad_lines, args.eval_questions).context("--sft-eval-data")?;
+    let task_questions = load_questions(&args.eval_data, &tokenizer, seq_len, args.skip_bad_lines, args.eval_questions)
+        .context("--eval-data")?;
+    let questions = load_questions(&args.sft_eval_data, &tokenizer, seq_len, args.skip_bad_lines, args.eval_questions)
+        .context("--sft-eval-data")?;
 
     // -----------------------------------------------------------------------
     // 4. The plan (and --dry-run)
@@ -166,13 +178,27 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
         return Ok(());
     }
     let out = args.train.out.clone();
-    start_run(&out, args.train.resume, args.train.overwrite, &RunConfig { stage: "lora".into(), model: model_cfg.clone(), args: args.clone() }, &tokenizer)?;
+    start_run(
+        &out,
+        args.train.resume,
+        args.train.overwrite,
+        &RunConfig { stage: "lora".into(), model: model_cfg.clone(), args: args.clone() },
+        &tokenizer,
+    )?;
 
     // -----------------------------------------------------------------------
     // 5. Train (the shared loop; only adapter parameters have gradients)
     // -----------------------------------------------------------------------
     let pad = pad_id(&tokenizer);
-    let mut task = SftTask { train: train_set, val: val_set, questions, task_questions, tokenizer, pad_id: pad, max_answer_tokens: args.max_answer_tokens };
+    let mut task = SftTask {
+        train: train_set,
+        val: val_set,
+        questions,
+        task_questions,
+        tokenizer,
+        pad_id: pad,
+        max_answer_tokens: args.max_answer_tokens,
+    };
     let stop = train::trainer::stop_on_ctrl_c();
     let outcome = train::train(model, &mut task, &args.train, device, stop, "LoRA")?;
 
@@ -182,27 +208,45 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
     let adapter = AdapterConfig { lora, base: args.init.clone(), base_hash: weights_hash(&args.init)? };
     let adapter_bytes = save_adapter(&out, &outcome.model.valid(), &adapter)?;
     let base_bytes = std::fs::metadata(checkpoint_dir(&args.init).join("model.mpk"))?.len();
-    println!("trained {counts}; adapter {} KiB vs the full model's {} KiB ({:.1}%)", adapter_bytes / 1024, base_bytes / 1024, 100.0 * adapter_bytes as f64 / base_bytes as f64);
+    println!(
+        "trained {counts}; adapter {} KiB vs the full model's {} KiB ({:.1}%)",
+        adapter_bytes / 1024,
+        base_bytes / 1024,
+        100.0 * adapter_bytes as f64 / base_bytes as f64
+    );
     let evals: Vec<_> = outcome.log.events.iter().filter(|e| e.split == "val").collect();
     if let (Some(first), Some(last)) = (evals.first(), evals.last()) {
-        let get = |e: &train::metrics::Event, k: &str| 100.0 * e.extra.get(k).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
-        println!("validation loss {:.3} → {:.3}; task accuracy {:.1}% → {:.1}%; SFT answer accuracy {:.1}% → {:.1}% ({:.0} s)", first.loss, last.loss, get(first, "task_accuracy"), get(last, "task_accuracy"), get(first, "answer_accuracy"), get(last, "answer_accuracy"), last.elapsed_s);
+        let get =
+            |e: &train::metrics::Event, k: &str| 100.0 * e.extra.get(k).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+        println!(
+            "validation loss {:.3} → {:.3}; task accuracy {:.1}% → {:.1}%; SFT answer accuracy {:.1}% → {:.1}% ({:.0} s)",
+            first.loss,
+            last.loss,
+            get(first, "task_accuracy"),
+            get(last, "task_accuracy"),
+            get(first, "answer_accuracy"),
+            get(last, "answer_accuracy"),
+            last.elapsed_s
+        );
     }
     Ok(())
 }
 
 /// `lora merge`: base + adapter → a plain model in its own run directory.
 fn merge(args: &MergeArgs) -> Result<()> {
-    type B = model::Cpu;
+    type B = kernels::Cpu;
     let device = Default::default();
     let (model_cfg, model, adapter) = load_with_adapter::<B>(&args.base, &args.adapter, &device)?;
     let merged = model.merge_lora();
-    std::fs::create_dir_all(&args.out).with_context(|| format!("--out {}: cannot create this folder", args.out.display()))?;
-    save_run_config(&args.out, &RunConfig { stage: "lora-merged".into(), model: model_cfg, args: (&args.base, &args.adapter, &adapter.lora) })?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("--out {}: cannot create this folder", args.out.display()))?;
+    save_run_config(
+        &args.out,
+        &RunConfig { stage: "lora-merged".into(), model: model_cfg, args: (&args.base, &args.adapter, &adapter.lora) },
+    )?;
     save_checkpoint(&args.out, &merged, Vec::new(), &Default::default())?;
     let tokenizer = std::fs::read(args.base.join("tokenizer.json")).context("the base run has no tokenizer.json")?;
     write_atomic(&args.out.join("tokenizer.json"), &tokenizer)?;
     println!("merged {} into {}: {}", args.adapter.display(), args.base.display(), args.out.display());
     Ok(())
 }
-

@@ -14,7 +14,7 @@
 
 use burn::module::Module;
 use burn::tensor::Tensor;
-use crate::{Backend, kernels};
+use kernels::Backend;
 
 use crate::attention::MultiHeadAttention;
 use crate::config::GptConfig;
@@ -43,19 +43,12 @@ impl<B: Backend> TransformerBlock<B> {
         }
     }
 
-    /// `[batch, seq, d_model]` → `[batch, seq, d_model]`.
-    pub fn forward(&self, x: Tensor<B, 3>, cache: Option<&mut LayerCache<B>>) -> Tensor<B, 3> {
-        let [batch, seq, d_model] = x.dims();
-        let y = self.forward_rows(kernels::to_rows(x), batch, cache); // [batch·seq, d_model]
-        kernels::from_rows(y, [batch, seq, d_model])
-    }
-
-    /// The same on `batch` sequences given as rows, `[batch·seq, d_model]`
-    /// → `[batch·seq, d_model]` (the model's layout: only attention needs
-    /// to know where one sequence ends).
-    pub fn forward_rows(&self, x: Tensor<B, 2>, batch: usize, cache: Option<&mut LayerCache<B>>) -> Tensor<B, 2> {
+    /// `batch` sequences given as rows, `[batch·seq, d_model]` →
+    /// `[batch·seq, d_model]` (only attention needs to know where one
+    /// sequence ends).
+    pub fn forward(&self, x: Tensor<B, 2>, batch: usize, cache: Option<&mut LayerCache<B>>) -> Tensor<B, 2> {
         let shortcut = x.clone();
-        let x = shortcut + self.attention.forward_rows(self.norm1.forward(x), batch, cache);
+        let x = shortcut + self.attention.forward(self.norm1.forward(x), batch, cache);
         let shortcut = x.clone();
         shortcut + self.mlp.forward(self.norm2.forward(x))
     }

@@ -1,4 +1,5 @@
-//! `GptConfig`: every number that decides the shape of the model.
+//! `GptConfig`: every number that decides the shape of the model, and
+//! `ComputeConfig`: the switches that decide only how fast it computes.
 //!
 //! The presets are named after what they imitate. Any field can be changed
 //! afterwards with the generated `with_*` setters, e.g.
@@ -38,12 +39,6 @@ pub struct GptConfig {
     /// Saves `vocab_size * d_model` parameters: 38.6M of GPT-2 small's 163M.
     #[config(default = true)]
     pub tie_embeddings: bool,
-    /// Use the fused attention kernel (`kernels::causal_attention`; burn's
-    /// `attention` when generating with a KV cache) instead of the plainly
-    /// written softmax(QKᵀ/√d)·V. Same result (tested) and faster, but it
-    /// applies no dropout to the attention weights.
-    #[config(default = true)]
-    pub fused_attention: bool,
     /// LayerNorm epsilon: PyTorch's and GPT-2's default.
     #[config(default = 1e-5)]
     pub layer_norm_eps: f64,
@@ -59,21 +54,13 @@ impl GptConfig {
     /// parameters with a SwiGLU MLP; this GPT-2-style one has 28.8M with a
     /// 6400-token vocabulary).
     pub fn mini(vocab_size: usize) -> Self {
-        Self::new(vocab_size)
-            .with_context_length(512)
-            .with_d_model(512)
-            .with_n_heads(8)
-            .with_n_layers(8)
+        Self::new(vocab_size).with_context_length(512).with_d_model(512).with_n_heads(8).with_n_layers(8)
     }
 
     /// Small enough that a 2-core CPU shows learning within minutes
     /// (1.3M parameters with a 4096-token vocabulary).
     pub fn tiny(vocab_size: usize) -> Self {
-        Self::new(vocab_size)
-            .with_context_length(128)
-            .with_d_model(128)
-            .with_n_heads(4)
-            .with_n_layers(4)
+        Self::new(vocab_size).with_context_length(128).with_d_model(128).with_n_heads(4).with_n_layers(4)
     }
 
     /// The preset named on the command line (`tiny`, `mini`, `gpt2-124m`).
@@ -84,9 +71,7 @@ impl GptConfig {
             "tiny" => Ok(Self::tiny(vocab)),
             "mini" => Ok(Self::mini(vocab)),
             "gpt2-124m" | "gpt2_124m" => Ok(Self { vocab_size: vocab, ..Self::gpt2_124m() }),
-            other => Err(format!(
-                "unknown preset `{other}`: expected one of tiny, mini, gpt2-124m"
-            )),
+            other => Err(format!("unknown preset `{other}`: expected one of tiny, mini, gpt2-124m")),
         }
     }
 
@@ -100,16 +85,31 @@ impl GptConfig {
         if self.vocab_size == 0 || self.context_length == 0 || self.n_layers == 0 {
             return Err("vocab_size, context_length and n_layers must be positive".into());
         }
-        if self.n_heads == 0 || self.d_model % self.n_heads != 0 {
-            return Err(format!(
-                "d_model ({}) must be a multiple of n_heads ({})",
-                self.d_model, self.n_heads
-            ));
+        if self.n_heads == 0 || !self.d_model.is_multiple_of(self.n_heads) {
+            return Err(format!("d_model ({}) must be a multiple of n_heads ({})", self.d_model, self.n_heads));
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(format!("dropout must be in [0, 1), got {}", self.dropout));
         }
         Ok(())
+    }
+
+    /// The first field, if any, in which `other` describes differently
+    /// shaped weights (so that one model's checkpoint cannot load into the
+    /// other), as "name: self vs other". Dropout and the LayerNorm epsilon
+    /// change what the model computes, not the weights it has.
+    pub fn shape_difference(&self, other: &GptConfig) -> Option<String> {
+        let field = |name: &'static str, a: &dyn ToString, b: &dyn ToString| (name, a.to_string(), b.to_string());
+        let fields = [
+            field("vocab_size", &self.vocab_size, &other.vocab_size),
+            field("context_length", &self.context_length, &other.context_length),
+            field("d_model", &self.d_model, &other.d_model),
+            field("n_heads", &self.n_heads, &other.n_heads),
+            field("n_layers", &self.n_layers, &other.n_layers),
+            field("qkv_bias", &self.qkv_bias, &other.qkv_bias),
+            field("tie_embeddings", &self.tie_embeddings, &other.tie_embeddings),
+        ];
+        fields.into_iter().find(|(_, a, b)| a != b).map(|(name, a, b)| format!("{name}: {a} vs {b}"))
     }
 
     /// Parameter count computed from the shapes alone, so the 124M model can
@@ -125,6 +125,22 @@ impl GptConfig {
         let head = if self.tie_embeddings { 0 } else { v * d };
         embeddings + self.n_layers * block + layer_norm + head
     }
+}
+
+/// How the model computes, as opposed to what: switches that change speed
+/// (and rounding in the last digits), never the weights. Kept apart from
+/// [`GptConfig`] so that flipping one never makes a checkpoint look like
+/// another model.
+#[derive(Config, Debug, PartialEq)]
+pub struct ComputeConfig {
+    /// Attention through the fused kernel (`kernels::causal_attention`)
+    /// rather than the written-out softmax(QKᵀ/√d)·V of
+    /// `MultiHeadAttention::plain_attention`. Same result (tested) and
+    /// faster, so on by default; the price is that the kernel applies no
+    /// dropout to the attention weights. Generation with a KV cache always
+    /// takes the written-out path: the kernel expects as many keys as queries.
+    #[config(default = true)]
+    pub fused_attention: bool,
 }
 
 #[cfg(test)]
@@ -150,5 +166,14 @@ mod tests {
         assert!((28_000_000..29_500_000).contains(&mini), "mini has {mini}");
         assert!(GptConfig::preset("huge", None).is_err());
         assert!(GptConfig::tiny(100).with_n_heads(3).validate().is_err());
+    }
+
+    #[test]
+    fn shape_difference_names_the_field_and_ignores_dropout() {
+        let tiny = GptConfig::tiny(4096);
+        assert_eq!(tiny.shape_difference(&tiny.clone().with_dropout(0.0)), None);
+        assert_eq!(tiny.shape_difference(&tiny.clone().with_d_model(64)).as_deref(), Some("d_model: 128 vs 64"));
+        let untied = tiny.clone().with_tie_embeddings(false);
+        assert_eq!(tiny.shape_difference(&untied).as_deref(), Some("tie_embeddings: true vs false"));
     }
 }

@@ -5,10 +5,9 @@
 //! KV cache and calls it once per new token.
 
 use burn::module::Module;
-use crate::Backend;
+use kernels::Backend;
 
-use crate::Gpt;
-use crate::gpt::int_tensor;
+use crate::gpt::{Gpt, int_tensor};
 use crate::kv_cache::KvCache;
 
 /// How to pick the next token.
@@ -97,21 +96,35 @@ pub fn sample_next(logits: &[f32], history: &[u32], cfg: &Sampling, uniform: f64
     probs.last().expect("at least one candidate").0
 }
 
-/// Generates up to `max_new` tokens after `prompt`, calling `on_token` with
-/// each one as soon as it exists (return false to stop). Stops early at
-/// `stop_token`. `rng` yields uniform numbers in [0, 1).
-///
-/// With `use_cache`, each step feeds only the newest token through the model
-/// (see `kv_cache.rs`); without it, the whole text is re-run every step, as a
-/// baseline to measure the cache against.
-#[allow(clippy::too_many_arguments)]
+/// What to generate: how many tokens, how to pick each, when to stop.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GenerateOptions {
+    /// Most new tokens to produce.
+    pub max_new_tokens: usize,
+    pub sampling: Sampling,
+    /// Stop after producing this token (e.g. `<|im_end|>` for a chat reply).
+    pub stop_token: Option<u32>,
+    /// Feed each step only the newest token, reading the rest from the KV
+    /// cache (see `kv_cache.rs`). Off re-runs the whole text every step: the
+    /// baseline the cache is measured against.
+    pub use_cache: bool,
+}
+
+impl GenerateOptions {
+    /// Greedy decoding with the KV cache, as evaluation uses it.
+    pub fn greedy(max_new_tokens: usize, stop_token: Option<u32>) -> Self {
+        Self { max_new_tokens, sampling: Sampling::greedy(), stop_token, use_cache: true }
+    }
+}
+
+/// Generates tokens after `prompt` as `options` say, calling `on_token`
+/// with each one as soon as it exists (return false to stop) and returning
+/// them all. `rng` yields uniform numbers in [0, 1): the caller owns the
+/// random generator, so a seed reproduces a whole conversation.
 pub fn generate<B: Backend>(
     model: &Gpt<B>,
     prompt: &[u32],
-    max_new: usize,
-    cfg: &Sampling,
-    stop_token: Option<u32>,
-    use_cache: bool,
+    options: &GenerateOptions,
     rng: &mut dyn FnMut() -> f64,
     on_token: &mut dyn FnMut(u32) -> bool,
 ) -> Vec<u32> {
@@ -123,8 +136,8 @@ pub fn generate<B: Backend>(
     // What the model still has to read: the prompt first, then each new token.
     let mut pending: Vec<u32> = tokens[tokens.len().saturating_sub(ctx)..].to_vec();
     let mut generated = Vec::new();
-    for _ in 0..max_new {
-        let logits = if use_cache {
+    for _ in 0..options.max_new_tokens {
+        let logits = if options.use_cache {
             if cache.len() + pending.len() > ctx {
                 // The cache is full: the learned position table has only `ctx`
                 // rows. Start over from the last half-context of text: one
@@ -132,20 +145,19 @@ pub fn generate<B: Backend>(
                 cache = KvCache::new(model.n_layers());
                 pending = tokens[tokens.len() - (ctx / 2).max(1)..].to_vec();
             }
-            model.forward_cached(int_tensor(&pending, 1, pending.len(), &device), &mut cache)
+            model.forward(int_tensor(&pending, 1, pending.len(), &device), Some(&mut cache))
         } else {
-            {
             let window = &tokens[tokens.len().saturating_sub(ctx)..];
-            model.forward(int_tensor(window, 1, window.len(), &device))
-        }
-        };
-        let [_, seq, vocab] = logits.dims();
-        let last: Vec<f32> = logits.narrow(1, seq - 1, 1).reshape([vocab]).into_data().convert::<f32>().to_vec().expect("f32 logits");
-        let next = sample_next(&last, &tokens, cfg, rng());
+            model.forward(int_tensor(window, 1, window.len(), &device), None)
+        }; // [positions, vocab]: one sequence, so one row per position
+        let [rows, vocab] = logits.dims();
+        let last = logits.narrow(0, rows - 1, 1).reshape([vocab]); // the newest position's scores
+        let last: Vec<f32> = last.into_data().convert::<f32>().to_vec().expect("f32 logits");
+        let next = sample_next(&last, &tokens, &options.sampling, rng());
         tokens.push(next);
         generated.push(next);
         pending = vec![next];
-        if Some(next) == stop_token || !on_token(next) {
+        if Some(next) == options.stop_token || !on_token(next) {
             break;
         }
     }
@@ -223,9 +235,11 @@ mod tests {
 
     #[test]
     fn same_seed_same_text_and_cache_matches_no_cache() {
-        use crate::{Cpu, GptConfig};
+        use crate::config::GptConfig;
+        use kernels::Cpu;
         let device = Default::default();
-        let model = Gpt::<Cpu>::new(&GptConfig::tiny(50).with_n_layers(2).with_context_length(16).with_dropout(0.0), &device);
+        let model =
+            Gpt::<Cpu>::new(&GptConfig::tiny(50).with_n_layers(2).with_context_length(16).with_dropout(0.0), &device);
         let run = |seed: u64, cfg: Sampling, cache: bool| {
             let mut state = seed;
             let mut rng = move || {
@@ -233,7 +247,8 @@ mod tests {
                 (state >> 11) as f64 / (1u64 << 53) as f64
             };
             // 30 new tokens overflow the 16-token context: exercises the cache restart.
-            generate(&model, &[1, 2, 3], 30, &cfg, None, cache, &mut rng, &mut |_| true)
+            let options = GenerateOptions { max_new_tokens: 30, sampling: cfg, stop_token: None, use_cache: cache };
+            generate(&model, &[1, 2, 3], &options, &mut rng, &mut |_| true)
         };
         let cfg = Sampling { temperature: 1.0, top_k: None, top_p: None, repetition_penalty: 1.0 };
         assert_eq!(run(7, cfg, true), run(7, cfg, true));
@@ -244,12 +259,13 @@ mod tests {
         assert_eq!(run(1, greedy, true), run(2, greedy, true));
         let short = |cache: bool| {
             let mut rng = || 0.5;
-            generate(&model, &[1, 2, 3], 12, &greedy, None, cache, &mut rng, &mut |_| true)
+            let options = GenerateOptions { use_cache: cache, ..GenerateOptions::greedy(12, None) };
+            generate(&model, &[1, 2, 3], &options, &mut rng, &mut |_| true)
         };
         assert_eq!(short(true), short(false));
         let stop = short(true)[4];
         let mut rng = || 0.5;
-        let stopped = generate(&model, &[1, 2, 3], 12, &greedy, Some(stop), true, &mut rng, &mut |_| true);
+        let stopped = generate(&model, &[1, 2, 3], &GenerateOptions::greedy(12, Some(stop)), &mut rng, &mut |_| true);
         assert_eq!(stopped.last(), Some(&stop));
         assert!(stopped.len() <= 5);
     }

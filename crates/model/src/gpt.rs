@@ -2,16 +2,21 @@
 //!
 //! ```text
 //! tokens [b, t] ─ token embedding [b, t, d] ─┐
-//!                 position embedding [t, d] ─┴─ + ─ dropout ─ block × N ─ LayerNorm ─ head → logits [b, t, vocab]
+//!                 position embedding [t, d] ─┴─ + ─ dropout ─ block × N ─ LayerNorm ─ head → logits [b·t, vocab]
 //! ```
+//!
+//! From the embeddings on, activations travel as rows, `[b·t, d]`: one row
+//! per position, sequence after sequence. Every layer but attention treats
+//! each position on its own, so rows are all they need, and attention is
+//! told where one sequence ends (`batch`). Notebook 02 explains the choice.
 
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Embedding, Linear};
 use burn::tensor::{Int, Tensor, TensorData};
-use crate::{Backend, kernels};
+use kernels::Backend;
 
 use crate::block::TransformerBlock;
-use crate::config::GptConfig;
+use crate::config::{ComputeConfig, GptConfig};
 use crate::init;
 use crate::kv_cache::KvCache;
 use crate::loss::cross_entropy;
@@ -53,6 +58,14 @@ impl<B: Backend> Gpt<B> {
         }
     }
 
+    /// The same model computing as `compute` says (see [`ComputeConfig`]).
+    pub fn with_compute(mut self, compute: &ComputeConfig) -> Self {
+        for block in &mut self.blocks {
+            block.attention.fused = compute.fused_attention;
+        }
+        self
+    }
+
     pub fn context_length(&self) -> usize {
         self.context_length
     }
@@ -61,38 +74,15 @@ impl<B: Backend> Gpt<B> {
         self.blocks.len()
     }
 
-    /// `tokens [batch, seq]` → `logits [batch, seq, vocab]`: at every position,
-    /// a score for each possible next token.
-    pub fn forward(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
-        self.logits_3d(tokens, None)
-    }
-
-    /// The same logits as rows, `[batch·seq, vocab]` (position after
-    /// position, sequence after sequence): the layout losses want, without
-    /// the reshapes (which burn-ndarray implements as copies).
-    pub fn forward_rows(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 2> {
-        self.forward_from(tokens, None)
-    }
-
-    /// Like `forward`, but only for the new tokens: the positions before them
-    /// are read from `cache`, and these are appended to it. Gives the same
-    /// logits as running `forward` on the whole sequence (tested).
-    pub fn forward_cached(&self, tokens: Tensor<B, 2, Int>, cache: &mut KvCache<B>) -> Tensor<B, 3> {
-        self.logits_3d(tokens, Some(cache))
-    }
-
-    /// `forward_from`'s logits as `[batch, seq, vocab]`.
-    fn logits_3d(&self, tokens: Tensor<B, 2, Int>, cache: Option<&mut KvCache<B>>) -> Tensor<B, 3> {
-        let [batch, seq] = tokens.dims();
-        let logits = self.forward_from(tokens, cache); // [batch·seq, vocab]
-        let vocab = logits.dims()[1];
-        kernels::from_rows(logits, [batch, seq, vocab])
-    }
-
-    /// `tokens [batch, seq]` → `logits [batch·seq, vocab]`. Activations
-    /// travel as rows, `[batch·seq, d_model]`: every layer but attention
-    /// treats each position on its own, and attention is told `batch`.
-    fn forward_from(&self, tokens: Tensor<B, 2, Int>, mut cache: Option<&mut KvCache<B>>) -> Tensor<B, 2> {
+    /// `tokens [batch, seq]` → `logits [batch·seq, vocab]`: at every
+    /// position, a score for each possible next token (row `i·seq + t` is
+    /// sequence i, position t).
+    ///
+    /// With a cache, `tokens` are only the new positions: the keys and
+    /// values of earlier ones are read from the cache, and these are
+    /// appended to it. The logits are the same as a forward pass over the
+    /// whole text (tested).
+    pub fn forward(&self, tokens: Tensor<B, 2, Int>, mut cache: Option<&mut KvCache<B>>) -> Tensor<B, 2> {
         let [batch, seq] = tokens.dims();
         let past = cache.as_ref().map_or(0, |c| c.len());
         assert!(
@@ -105,10 +95,12 @@ impl<B: Backend> Gpt<B> {
         let positions = Tensor::<B, 1, Int>::arange(past as i64..(past + seq) as i64, &device).reshape([1, seq]);
         // [batch, seq, d_model] + [1, seq, d_model] (broadcast over the batch)
         let x = self.token_emb.forward(tokens) + self.pos_emb.forward(positions);
-        let mut x = kernels::to_rows(self.emb_dropout.forward(x)); // [batch·seq, d_model]
+        let [_, _, d_model] = x.dims();
+        // [batch, seq, d_model] → [batch·seq, d_model]
+        let mut x = self.emb_dropout.forward(x).reshape([batch * seq, d_model]);
         for (i, block) in self.blocks.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            x = block.forward_rows(x, batch, layer_cache);
+            x = block.forward(x, batch, layer_cache);
         }
         let x = self.final_norm.forward(x);
         self.head(x)
@@ -131,7 +123,7 @@ impl<B: Backend> Gpt<B> {
     pub fn loss(&self, inputs: Tensor<B, 2, Int>, targets: Tensor<B, 2, Int>) -> Tensor<B, 1> {
         let [batch, seq] = targets.dims();
         // Every position is one row: logits [b·t, vocab] against targets [b·t].
-        cross_entropy(self.forward_rows(inputs), targets.reshape([batch * seq]))
+        cross_entropy(self.forward(inputs, None), targets.reshape([batch * seq]))
     }
 
     /// Ids of the embedding tables, which AdamW leaves out of weight decay.

@@ -11,7 +11,7 @@
 use burn::module::Param;
 use burn::nn::{Embedding, Linear};
 use burn::tensor::{Distribution, Tensor};
-use crate::Backend;
+use kernels::Backend;
 
 /// Standard deviation of ordinary weights.
 pub const INIT_STD: f64 = 0.02;
@@ -23,13 +23,7 @@ pub fn residual_std(n_layers: usize) -> f64 {
 
 /// A `Linear` with weight `[d_in, d_out]` ~ N(0, std²) and a zero bias.
 /// (burn's own initialisers also draw the bias at random; GPT-2 zeroes it.)
-pub fn linear<B: Backend>(
-    d_in: usize,
-    d_out: usize,
-    bias: bool,
-    std: f64,
-    device: &B::Device,
-) -> Linear<B> {
+pub fn linear<B: Backend>(d_in: usize, d_out: usize, bias: bool, std: f64, device: &B::Device) -> Linear<B> {
     let weight = Tensor::random([d_in, d_out], Distribution::Normal(0.0, std), device);
     Linear {
         weight: Param::from_tensor(weight),
@@ -40,7 +34,5 @@ pub fn linear<B: Backend>(
 /// An embedding table `[n, d]` ~ N(0, 0.02²).
 pub fn embedding<B: Backend>(n: usize, d: usize, device: &B::Device) -> Embedding<B> {
     let weight = Tensor::random([n, d], Distribution::Normal(0.0, INIT_STD), device);
-    Embedding {
-        weight: Param::from_tensor(weight),
-    }
+    Embedding { weight: Param::from_tensor(weight) }
 }

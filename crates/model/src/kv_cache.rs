@@ -6,7 +6,7 @@
 //! keep them and only compute the new position's query, key and value.
 
 use burn::tensor::Tensor;
-use crate::Backend;
+use kernels::Backend;
 
 /// Keys and values of one attention layer for every position seen so far.
 #[derive(Debug, Clone)]

@@ -7,11 +7,11 @@
 
 use burn::tensor::{Int, Tensor};
 
-use crate::{Backend, kernels};
+use kernels::Backend;
 
 /// Negative log-probability of each target: logits `[n, vocab]`, targets `[n]` → `[n]`.
 ///
-/// One fused kernel (see `kernels`): the log-sum-exp subtracts the row max
+/// One fused kernel (`kernels::token_nll`): the log-sum-exp subtracts the row max
 /// before exponentiating, so large logits cannot overflow, and the backward
 /// pass is softmax(z) − onehot(y) in one sweep over the logits. The same
 /// value as `-log_softmax(logits)[y]` (tested).

@@ -7,10 +7,11 @@ use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig};
 use burn::tensor::Tensor;
 
-use crate::{Backend, kernels};
+use kernels::Backend;
+
 use crate::config::GptConfig;
 use crate::init;
-use crate::lora::LoraLinear;
+use crate::lora::layer::LoraLinear;
 
 #[derive(Module, Debug)]
 pub struct Mlp<B: Backend> {
@@ -31,9 +32,8 @@ impl<B: Backend> Mlp<B> {
         }
     }
 
-    /// `[..., d_model]` → `[..., 4·d_model]` → `[..., d_model]`, any rank
-    /// (the model passes 2-D rows, one per position).
-    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+    /// `[rows, d_model]` → `[rows, 4·d_model]` → `[rows, d_model]`, one row per position.
+    pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         // GELU, a smooth ReLU, in GPT-2's tanh form:
         // 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))). It stays within 5e-4 of
         // the exact x·Φ(x) (burn's `gelu`, tested below) and is what GPT-2 and
@@ -46,17 +46,18 @@ impl<B: Backend> Mlp<B> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::Cpu;
     use burn::tensor::activation::gelu;
+    use kernels::Cpu;
+
+    use super::*;
 
     #[test]
     fn gelu_is_the_tanh_formula_and_close_to_exact_gelu() {
         let device = Default::default();
         let xs: Vec<f32> = (-60..=60).map(|i| i as f32 / 10.0).collect(); // -6.0 ..= 6.0
-        let x = Tensor::<Cpu, 1>::from_floats(xs.as_slice(), &device);
+        let x = Tensor::<Cpu, 1>::from_floats(xs.as_slice(), &device).reshape([1, xs.len()]);
         let ours: Vec<f32> = kernels::gelu(x.clone()).into_data().to_vec().unwrap();
-        let exact: Vec<f32> = gelu(x).into_data().to_vec().unwrap();
+        let exact: Vec<f32> = gelu(x).into_data().to_vec().unwrap(); // burn's x·Φ(x)
         let c = (2.0f32 / std::f32::consts::PI).sqrt();
         for ((&x, &g), &e) in xs.iter().zip(&ours).zip(&exact) {
             let tanh_form = 0.5 * x * (1.0 + (c * (x + 0.044715 * x * x * x)).tanh());

@@ -2,7 +2,7 @@
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::Tensor;
-use crate::Backend;
+use kernels::Backend;
 
 /// Total and trainable (gradient-receiving) parameter counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

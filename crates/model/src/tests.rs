@@ -4,11 +4,14 @@
 use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::{Int, Tensor, TensorData, Tolerance};
-use crate::Backend;
+use kernels::{Backend, Cpu, CpuTrain};
 
-use crate::attention::{MultiHeadAttention, fused_attention};
+use crate::attention::MultiHeadAttention;
+use crate::config::{ComputeConfig, GptConfig};
+use crate::gpt::Gpt;
+use crate::kv_cache::KvCache;
 use crate::loss::{cross_entropy, masked_cross_entropy};
-use crate::{Cpu, CpuTrain, Gpt, GptConfig, KvCache, count_params};
+use crate::params::count_params;
 
 fn small_cfg() -> GptConfig {
     GptConfig::tiny(97).with_d_model(32).with_n_heads(4).with_n_layers(2).with_context_length(16).with_dropout(0.0)
@@ -24,13 +27,14 @@ fn shapes_through_every_layer() {
     let device = Default::default();
     let cfg = small_cfg();
     let model = Gpt::<Cpu>::new(&cfg, &device);
-    let x: Tensor<Cpu, 3> = Tensor::random([2, 5, 32], burn::tensor::Distribution::Default, &device);
+    // 2 sequences of 5 positions, as rows: [2·5, d_model].
+    let x: Tensor<Cpu, 2> = Tensor::random([10, 32], burn::tensor::Distribution::Default, &device);
     let block = &model.blocks[0];
-    assert_eq!(block.attention.forward(x.clone(), None).dims(), [2, 5, 32]);
-    assert_eq!(block.mlp.forward(x.clone()).dims(), [2, 5, 32]);
-    assert_eq!(block.forward(x, None).dims(), [2, 5, 32]);
+    assert_eq!(block.attention.forward(x.clone(), 2, None).dims(), [10, 32]);
+    assert_eq!(block.mlp.forward(x.clone()).dims(), [10, 32]);
+    assert_eq!(block.forward(x, 2, None).dims(), [10, 32]);
     let ids: Vec<i64> = (0..10).collect();
-    assert_eq!(model.forward(tokens(&ids, 2, &device)).dims(), [2, 5, 97]);
+    assert_eq!(model.forward(tokens(&ids, 2, &device), None).dims(), [10, 97]);
     assert_eq!(model.loss(tokens(&ids, 2, &device), tokens(&ids, 2, &device)).dims(), [1]);
 }
 
@@ -62,16 +66,17 @@ fn fresh_model_loss_is_near_ln_vocab() {
 fn changing_a_future_token_never_changes_earlier_logits() {
     let device = Default::default();
     for fused in [true, false] {
-        let model = Gpt::<Cpu>::new(&small_cfg().with_fused_attention(fused), &device);
+        let model =
+            Gpt::<Cpu>::new(&small_cfg(), &device).with_compute(&ComputeConfig::new().with_fused_attention(fused));
         let a: Vec<i64> = vec![5, 9, 2, 44, 17, 3, 8, 60];
         let mut b = a.clone();
         b[5] = 91; // change position 5 only
-        let la = model.forward(tokens(&a, 1, &device));
-        let lb = model.forward(tokens(&b, 1, &device));
-        let early = |l: Tensor<Cpu, 3>| l.narrow(1, 0, 5).into_data();
+        let la = model.forward(tokens(&a, 1, &device), None); // [8, vocab]: one row per position
+        let lb = model.forward(tokens(&b, 1, &device), None);
+        let early = |l: Tensor<Cpu, 2>| l.narrow(0, 0, 5).into_data();
         early(la.clone()).assert_eq(&early(lb.clone()), true);
         // ...while the changed position itself (and later ones) do change.
-        let late = |l: Tensor<Cpu, 3>| l.narrow(1, 5, 3).into_data().to_vec::<f32>().unwrap();
+        let late = |l: Tensor<Cpu, 2>| l.narrow(0, 5, 3).into_data().to_vec::<f32>().unwrap();
         assert_ne!(late(la), late(lb));
     }
 }
@@ -80,22 +85,18 @@ fn changing_a_future_token_never_changes_earlier_logits() {
 fn fused_and_plain_attention_agree() {
     let device = Default::default();
     let attn = MultiHeadAttention::<Cpu>::new(&small_cfg(), &device);
-    let rand = |seq| Tensor::<Cpu, 4>::random([2, 4, seq, 8], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
-    // Square (training) and rectangular (KV cache: 3 new queries, 7 keys) cases.
-    for (n_q, n_k) in [(7, 7), (3, 7), (1, 7)] {
-        let (q, k, v) = (rand(n_q), rand(n_k), rand(n_k));
-        let plain = attn.plain_attention(q.clone(), k.clone(), v.clone());
-        let fused = fused_attention(q, k, v);
-        plain.into_data().assert_approx_eq::<f32>(&fused.into_data(), Tolerance::absolute(1e-5));
-    }
-    // And whole models built either way give the same logits.
-    let cfg = small_cfg();
-    let fused_model = Gpt::<Cpu>::new(&cfg, &device);
-    let plain_model = Gpt::<Cpu>::new(&cfg.clone().with_fused_attention(false), &device)
-        .load_record(fused_model.clone().into_record());
+    let (batch, seq, heads) = (2, 7, 4);
+    let rand = || Tensor::<Cpu, 2>::random([batch * seq, 32], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+    let (q, k, v) = (rand(), rand(), rand()); // [batch·seq, d_model]
+    let plain = attn.plain_attention(q.clone(), k.clone(), v.clone(), batch, None);
+    let fused = kernels::causal_attention(q, k, v, batch, heads);
+    plain.into_data().assert_approx_eq::<f32>(&fused.into_data(), Tolerance::absolute(1e-5));
+    // And whole models computing either way give the same logits.
+    let fused_model = Gpt::<Cpu>::new(&small_cfg(), &device);
+    let plain_model = fused_model.clone().with_compute(&ComputeConfig::new().with_fused_attention(false));
     let ids: Vec<i64> = (0..16).map(|i| (i * 13) % 97).collect();
-    let a = fused_model.forward(tokens(&ids, 2, &device)).into_data();
-    let b = plain_model.forward(tokens(&ids, 2, &device)).into_data();
+    let a = fused_model.forward(tokens(&ids, 2, &device), None).into_data();
+    let b = plain_model.forward(tokens(&ids, 2, &device), None).into_data();
     a.assert_approx_eq::<f32>(&b, Tolerance::absolute(1e-4));
 }
 
@@ -103,17 +104,18 @@ fn fused_and_plain_attention_agree() {
 fn kv_cache_gives_the_same_logits_as_the_full_forward() {
     let device = Default::default();
     for fused in [true, false] {
-        let model = Gpt::<Cpu>::new(&small_cfg().with_fused_attention(fused), &device);
+        let compute = ComputeConfig::new().with_fused_attention(fused);
+        let model = Gpt::<Cpu>::new(&small_cfg(), &device).with_compute(&compute);
         let ids: Vec<i64> = vec![4, 8, 15, 16, 23, 42, 7, 1, 2];
-        let full = model.forward(tokens(&ids, 1, &device)); // [1, 9, vocab]
+        let full = model.forward(tokens(&ids, 1, &device), None); // [9, vocab]
         // A 4-token prompt, then one token at a time.
         let mut cache = KvCache::new(model.n_layers());
-        let mut pieces = vec![model.forward_cached(tokens(&ids[..4], 1, &device), &mut cache)];
+        let mut pieces = vec![model.forward(tokens(&ids[..4], 1, &device), Some(&mut cache))];
         for &id in &ids[4..] {
-            pieces.push(model.forward_cached(tokens(&[id], 1, &device), &mut cache));
+            pieces.push(model.forward(tokens(&[id], 1, &device), Some(&mut cache)));
         }
         assert_eq!(cache.len(), ids.len());
-        let cached = Tensor::cat(pieces, 1);
+        let cached = Tensor::cat(pieces, 0); // rows: position after position
         full.into_data().assert_approx_eq::<f32>(&cached.into_data(), Tolerance::absolute(1e-4));
     }
 }
@@ -146,10 +148,8 @@ fn tiny_model_overfits_one_batch() {
     let mut model = Gpt::<CpuTrain>::new(&cfg, &device);
     let mut optim = AdamWConfig::new().with_weight_decay(0.0).init();
     let ids: Vec<i64> = (0..4 * 33).map(|i| (i * i * 31 + 7) % 64).collect(); // arbitrary, non-repeating text
-    let (inputs, targets): (Vec<i64>, Vec<i64>) = ids
-        .chunks(33)
-        .flat_map(|w| w[..32].iter().copied().zip(w[1..].iter().copied()))
-        .unzip();
+    let (inputs, targets): (Vec<i64>, Vec<i64>) =
+        ids.chunks(33).flat_map(|w| w[..32].iter().copied().zip(w[1..].iter().copied())).unzip();
     let inputs = tokens::<CpuTrain>(&inputs, 4, &device);
     let targets = tokens::<CpuTrain>(&targets, 4, &device);
     let mut first = None;

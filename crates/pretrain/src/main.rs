@@ -1,4 +1,5 @@
-//! Stage 1, pretraining: a GPT learns to predict the next token of raw text.
+//! Pretraining: a GPT learns to predict the next token of raw text
+//! (walkthrough: `notebooks-md/03-pretraining.md`).
 //!
 //! ```text
 //! cargo run --release -p pretrain                      # tiny model, shipped corpus, CPU, ~3 min
@@ -12,15 +13,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use model::AutodiffBackend;
 use clap::Parser;
 use data::prepare::{load_or_train_tokenizer, tokenize_corpus};
 use data::{Corpus, WindowDataset, train_val_split};
+use kernels::AutodiffBackend;
 use model::{Gpt, GptConfig, count_params};
 use serde::{Deserialize, Serialize};
 use train::checkpoint::RunConfig;
 use train::run::{find_in_repo, print_plan, print_sample, start_run};
-use train::task::PretrainTask;
+use train::tasks::pretrain::PretrainTask;
 use train::{Plan, TrainArgs, run_on_device};
 
 // mimalloc, keeping freed memory for reuse (see `train::alloc`).
@@ -115,18 +116,21 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
     args.data = find_in_repo(&args.data);
     let mut corpus = Corpus::open(&args.data).context("--data")?;
     corpus.skip_bad_lines = args.skip_bad_lines;
-    let (tokenizer, trained) = load_or_train_tokenizer(args.tokenizer.as_deref(), &corpus, args.vocab_size, &args.cache_dir)?;
-    println!("tokenizer:  {} tokens{}", tokenizer.vocab_size(), if trained { " (trained on the corpus just now)" } else { "" });
+    let (tokenizer, trained) =
+        load_or_train_tokenizer(args.tokenizer.as_deref(), &corpus, args.vocab_size, &args.cache_dir)?;
+    println!(
+        "tokenizer:  {} tokens{}",
+        tokenizer.vocab_size(),
+        if trained { " (trained on the corpus just now)" } else { "" }
+    );
 
     // -----------------------------------------------------------------------
     // 3. Data: token file → 90/10 split → sliding windows
     // -----------------------------------------------------------------------
     let (tokens, _) = tokenize_corpus(&corpus, &tokenizer, &args.cache_dir)?;
     let tokens = Arc::new(tokens);
-
-    // -----------------------------------------------------------------------
-    // 4. Model
-    // -----------------------------------------------------------------------
+    // The model's shape comes first: windows are as long as its context
+    // unless --max-seq-len says otherwise.
     let model_cfg = model_config(&args, tokenizer.vocab_size())?;
     let seq_len = args.max_seq_len.unwrap_or(model_cfg.context_length);
     if seq_len == 0 || seq_len > model_cfg.context_length {
@@ -146,6 +150,10 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
     if train_set.is_empty() {
         bail!("the corpus ({} tokens) is too short for one window of --max-seq-len {seq_len}", tokens.len());
     }
+
+    // -----------------------------------------------------------------------
+    // 4. Model
+    // -----------------------------------------------------------------------
     let model = Gpt::<B>::new(&model_cfg, device);
 
     // -----------------------------------------------------------------------
@@ -157,7 +165,13 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
         return Ok(());
     }
     let out = args.train.out.clone();
-    start_run(&out, args.train.resume, args.train.overwrite, &RunConfig { stage: "pretrain".into(), model: model_cfg.clone(), args: args.clone() }, &tokenizer)?;
+    start_run(
+        &out,
+        args.train.resume,
+        args.train.overwrite,
+        &RunConfig { stage: "pretrain".into(), model: model_cfg.clone(), args: args.clone() },
+        &tokenizer,
+    )?;
 
     // -----------------------------------------------------------------------
     // 6. Train
@@ -172,7 +186,13 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
     let val = outcome.log.curve("val");
     if let (Some(first), Some(last)) = (val.first(), val.last()) {
         let secs = outcome.log.events.last().map_or(0.0, |e| e.elapsed_s);
-        println!("validation loss {:.3} → {:.3} in {secs:.0} s ({} steps); curves in {}/loss.svg", first.1, last.1, last.0, out.display());
+        println!(
+            "validation loss {:.3} → {:.3} in {secs:.0} s ({} steps); curves in {}/loss.svg",
+            first.1,
+            last.1,
+            last.0,
+            out.display()
+        );
     }
     let prompt: Vec<u32> = (val_range.start..val_range.start + 8).map(|i| tokens.get(i)).collect();
     let valid = burn::module::AutodiffModule::valid(&outcome.model);

@@ -1,5 +1,5 @@
-//! Stage 2, supervised fine-tuning (SFT): the pretrained model learns to
-//! answer questions in the chat format.
+//! Supervised fine-tuning (SFT): the pretrained model learns to answer
+//! questions in the chat format (walkthrough: `notebooks-md/05-sft.md`).
 //!
 //! ```text
 //! cargo run --release -p sft                      # from runs/pretrain, on data/sft.jsonl, ~2 min on CPU
@@ -12,14 +12,15 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use model::AutodiffBackend;
 use clap::Parser;
 use data::sft::{SftDataset, pad_id};
+use kernels::AutodiffBackend;
 use model::count_params;
 use serde::{Deserialize, Serialize};
 use train::checkpoint::RunConfig;
 use train::run::{find_in_repo, load_init, load_questions, print_plan, start_run};
-use train::sft_task::{SftTask, reply};
+use train::tasks::eval::reply;
+use train::tasks::sft::SftTask;
 use train::{Plan, TrainArgs, run_on_device};
 
 // mimalloc, keeping freed memory for reuse (see `train::alloc`).
@@ -95,15 +96,25 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
     // 3. Data: conversations → ids and loss masks
     // -----------------------------------------------------------------------
     let seq_len = args.max_seq_len.unwrap_or(model_cfg.context_length);
-    anyhow::ensure!(seq_len > 0 && seq_len <= model_cfg.context_length, "--max-seq-len {seq_len} must be between 1 and the model's context length {}", model_cfg.context_length);
+    anyhow::ensure!(
+        seq_len > 0 && seq_len <= model_cfg.context_length,
+        "--max-seq-len {seq_len} must be between 1 and the model's context length {}",
+        model_cfg.context_length
+    );
     args.data = find_in_repo(&args.data);
     args.eval_data = find_in_repo(&args.eval_data);
     let train_set = SftDataset::load(&args.data, &tokenizer, seq_len, args.skip_bad_lines).context("--data")?;
     let val_set = SftDataset::load(&args.eval_data, &tokenizer, seq_len, args.skip_bad_lines).context("--eval-data")?;
     for (name, set) in [("training", &train_set), ("evaluation", &val_set)] {
-        println!("{name} set: {} conversations ({} dropped: no answer left after cutting to {seq_len} tokens; {} bad lines skipped)", set.examples.len(), set.dropped_truncated, set.skipped_bad);
+        println!(
+            "{name} set: {} conversations ({} dropped: no answer left after cutting to {seq_len} tokens; {} bad lines skipped)",
+            set.examples.len(),
+            set.dropped_truncated,
+            set.skipped_bad
+        );
     }
-    let questions = load_questions(&args.eval_data, &tokenizer, seq_len, args.skip_bad_lines, args.eval_questions).context("--eval-data")?;
+    let questions = load_questions(&args.eval_data, &tokenizer, seq_len, args.skip_bad_lines, args.eval_questions)
+        .context("--eval-data")?;
 
     // -----------------------------------------------------------------------
     // 4. The plan (and --dry-run)
@@ -117,13 +128,27 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
         return Ok(());
     }
     let out = args.train.out.clone();
-    start_run(&out, args.train.resume, args.train.overwrite, &RunConfig { stage: "sft".into(), model: model_cfg.clone(), args: args.clone() }, &tokenizer)?;
+    start_run(
+        &out,
+        args.train.resume,
+        args.train.overwrite,
+        &RunConfig { stage: "sft".into(), model: model_cfg.clone(), args: args.clone() },
+        &tokenizer,
+    )?;
 
     // -----------------------------------------------------------------------
     // 5. Train
     // -----------------------------------------------------------------------
     let pad = pad_id(&tokenizer);
-    let mut task = SftTask { train: train_set, val: val_set, questions, task_questions: Vec::new(), tokenizer: tokenizer.clone(), pad_id: pad, max_answer_tokens: args.max_answer_tokens };
+    let mut task = SftTask {
+        train: train_set,
+        val: val_set,
+        questions,
+        task_questions: Vec::new(),
+        tokenizer: tokenizer.clone(),
+        pad_id: pad,
+        max_answer_tokens: args.max_answer_tokens,
+    };
     let stop = train::trainer::stop_on_ctrl_c();
     let outcome = train::train(model, &mut task, &args.train, device, stop, "supervised fine-tuning")?;
 
@@ -132,16 +157,27 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
     // -----------------------------------------------------------------------
     let evals: Vec<_> = outcome.log.events.iter().filter(|e| e.split == "val").collect();
     if let (Some(first), Some(last)) = (evals.first(), evals.last()) {
-        let acc = |e: &train::metrics::Event| e.extra.get("answer_accuracy").and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+        let acc =
+            |e: &train::metrics::Event| e.extra.get("answer_accuracy").and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
         println!(
             "validation loss {:.3} → {:.3}; answer accuracy {:.1}% → {:.1}% (step {} → {}, {:.0} s)",
-            first.loss, last.loss, 100.0 * acc(first), 100.0 * acc(last), first.step, last.step, last.elapsed_s
+            first.loss,
+            last.loss,
+            100.0 * acc(first),
+            100.0 * acc(last),
+            first.step,
+            last.step,
+            last.elapsed_s
         );
     }
     if let Some(q) = task.questions.first() {
         let valid = burn::module::AutodiffModule::valid(&outcome.model);
         let history = &q.messages[..q.messages.len() - 1];
-        println!("Q: {}\nA: {}", history.last().map_or("", |m| m.content.as_str()), reply(&valid, &tokenizer, history, args.max_answer_tokens));
+        println!(
+            "Q: {}\nA: {}",
+            history.last().map_or("", |m| m.content.as_str()),
+            reply(&valid, &tokenizer, history, args.max_answer_tokens)
+        );
     }
     Ok(())
 }

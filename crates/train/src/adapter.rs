@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
-use model::Backend;
 use data::util::{fnv1a, write_atomic};
+use kernels::Backend;
 use model::lora::LoraConfig;
 use model::{Gpt, GptConfig};
 use serde::{Deserialize, Serialize};
@@ -47,10 +47,16 @@ pub fn save_adapter<B: Backend>(out: &Path, model: &Gpt<B>, config: &AdapterConf
 
 /// Loads the base model of `base` and puts the adapter in `adapter` on it.
 /// Refuses an adapter trained on other weights.
-pub fn load_with_adapter<B: Backend>(base: &Path, adapter: &Path, device: &B::Device) -> Result<(GptConfig, Gpt<B>, AdapterConfig)> {
+pub fn load_with_adapter<B: Backend>(
+    base: &Path,
+    adapter: &Path,
+    device: &B::Device,
+) -> Result<(GptConfig, Gpt<B>, AdapterConfig)> {
     let json = adapter.join("adapter.json");
-    let text = std::fs::read_to_string(&json).with_context(|| format!("--adapter {}: no adapter.json here", adapter.display()))?;
-    let config: AdapterConfig = serde_json::from_str(&text).with_context(|| format!("{} is not a valid adapter config", json.display()))?;
+    let text = std::fs::read_to_string(&json)
+        .with_context(|| format!("--adapter {}: no adapter.json here", adapter.display()))?;
+    let config: AdapterConfig =
+        serde_json::from_str(&text).with_context(|| format!("{} is not a valid adapter config", json.display()))?;
     if weights_hash(base)? != config.base_hash {
         bail!(
             "the adapter in {} was trained on other base weights ({}), not those in {}: load it on the model it was trained from",
@@ -62,8 +68,11 @@ pub fn load_with_adapter<B: Backend>(base: &Path, adapter: &Path, device: &B::De
     let (model_config, model) = load_run_model::<B>(base, device)?;
     let model = model.with_lora(&config.lora, device);
     let recorder = NamedMpkBytesRecorder::<FullPrecisionSettings>::default();
-    let bytes = std::fs::read(adapter.join("adapter.mpk")).with_context(|| format!("--adapter {}: no adapter.mpk here", adapter.display()))?;
-    let record = recorder.load(bytes, device).with_context(|| format!("{}/adapter.mpk does not match its adapter.json", adapter.display()))?;
+    let bytes = std::fs::read(adapter.join("adapter.mpk"))
+        .with_context(|| format!("--adapter {}: no adapter.mpk here", adapter.display()))?;
+    let record = recorder
+        .load(bytes, device)
+        .with_context(|| format!("{}/adapter.mpk does not match its adapter.json", adapter.display()))?;
     let adapters = model.lora_adapters().load_record(record);
     Ok((model_config, model.load_lora_adapters(adapters), config))
 }
@@ -71,8 +80,9 @@ pub fn load_with_adapter<B: Backend>(base: &Path, adapter: &Path, device: &B::De
 #[cfg(test)]
 mod tests {
     use burn::tensor::{Int, Tensor, TensorData};
+    use kernels::Cpu;
+    use model::GptConfig;
     use model::lora::LoraTarget;
-    use model::{Cpu, GptConfig};
 
     use super::*;
     use crate::checkpoint::{RunConfig, save_checkpoint, save_run_config};
@@ -101,14 +111,15 @@ mod tests {
         tuned = tuned.load_lora_adapters(adapters.collect());
         let adapter_dir = root.join("adapter");
         std::fs::create_dir_all(&adapter_dir).unwrap();
-        let config = AdapterConfig { lora, base: root.join("base"), base_hash: weights_hash(&root.join("base")).unwrap() };
+        let config =
+            AdapterConfig { lora, base: root.join("base"), base_hash: weights_hash(&root.join("base")).unwrap() };
         let size = save_adapter(&adapter_dir, &tuned, &config).unwrap();
         let full = std::fs::metadata(root.join("base/checkpoint/model.mpk")).unwrap().len();
         assert!(size * 5 < full, "adapter {size} B vs model {full} B");
 
         let (_, loaded, _) = load_with_adapter::<Cpu>(&root.join("base"), &adapter_dir, &device).unwrap();
         let x: Tensor<Cpu, 2, Int> = Tensor::from_data(TensorData::new(vec![1i64, 5, 9, 2], [1, 4]), &device);
-        loaded.forward(x.clone()).into_data().assert_eq(&tuned.forward(x).into_data(), true);
+        loaded.forward(x.clone(), None).into_data().assert_eq(&tuned.forward(x, None).into_data(), true);
 
         let other = Gpt::<Cpu>::new(&cfg, &device); // different random weights
         save_run(&root.join("other"), &other, &cfg);

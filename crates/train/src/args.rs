@@ -114,13 +114,26 @@ impl TrainArgs {
 
     /// Checks the numbers make sense together, naming the flag at fault.
     pub fn validate(&self) -> anyhow::Result<()> {
-        let positive = [("--batch-size", self.batch_size), ("--grad-accum", self.grad_accum), ("--eval-interval", self.eval_interval), ("--log-interval", self.log_interval), ("--save-interval", self.save_interval)];
+        let positive = [
+            ("--batch-size", self.batch_size),
+            ("--grad-accum", self.grad_accum),
+            ("--eval-interval", self.eval_interval),
+            ("--log-interval", self.log_interval),
+            ("--save-interval", self.save_interval),
+        ];
         for (flag, value) in positive {
             anyhow::ensure!(value > 0, "{flag} must be at least 1");
         }
         anyhow::ensure!(self.lr > 0.0 && self.lr.is_finite(), "--lr must be a positive number, got {}", self.lr);
-        anyhow::ensure!(self.min_lr >= 0.0 && self.min_lr <= self.lr, "--min-lr must be between 0 and --lr ({})", self.lr);
-        anyhow::ensure!(self.epochs > 0 || self.max_steps.is_some(), "--epochs must be at least 1 (or give --max-steps)");
+        anyhow::ensure!(
+            self.min_lr >= 0.0 && self.min_lr <= self.lr,
+            "--min-lr must be between 0 and --lr ({})",
+            self.lr
+        );
+        anyhow::ensure!(
+            self.epochs > 0 || self.max_steps.is_some(),
+            "--epochs must be at least 1 (or give --max-steps)"
+        );
         if let Some(v) = self.clip_value {
             anyhow::ensure!(v > 0.0, "--clip-value must be positive");
         }

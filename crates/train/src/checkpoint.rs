@@ -14,9 +14,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
-use model::Backend;
 use data::SamplerPosition;
 use data::util::write_atomic;
+use kernels::Backend;
 use model::{Gpt, GptConfig};
 use serde::{Deserialize, Serialize};
 
@@ -78,9 +78,17 @@ fn existing_checkpoint(out: &Path) -> Option<PathBuf> {
 }
 
 /// Loads state, model weights and optimizer bytes for `--resume`.
-pub fn load_checkpoint<B: Backend>(out: &Path, model: Gpt<B>, device: &B::Device) -> Result<(Gpt<B>, Vec<u8>, TrainerState)> {
+pub fn load_checkpoint<B: Backend>(
+    out: &Path,
+    model: Gpt<B>,
+    device: &B::Device,
+) -> Result<(Gpt<B>, Vec<u8>, TrainerState)> {
     let Some(dir) = existing_checkpoint(out) else {
-        bail!("--resume: {} holds no checkpoint (expected {}/state.json); run without --resume to start fresh", out.display(), checkpoint_dir(out).display());
+        bail!(
+            "--resume: {} holds no checkpoint (expected {}/state.json); run without --resume to start fresh",
+            out.display(),
+            checkpoint_dir(out).display()
+        );
     };
     let state: TrainerState = serde_json::from_str(&std::fs::read_to_string(dir.join("state.json"))?)
         .with_context(|| format!("{}/state.json is not a valid trainer state", dir.display()))?;
@@ -92,7 +100,9 @@ pub fn load_checkpoint<B: Backend>(out: &Path, model: Gpt<B>, device: &B::Device
 /// Loads weights into a model of the right shape.
 pub fn load_weights<B: Backend>(path: &Path, model: Gpt<B>, device: &B::Device) -> Result<Gpt<B>> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let record = recorder().load(bytes, device).with_context(|| format!("{} is not a model checkpoint of this shape", path.display()))?;
+    let record = recorder()
+        .load(bytes, device)
+        .with_context(|| format!("{} is not a model checkpoint of this shape", path.display()))?;
     Ok(model.load_record(record))
 }
 
@@ -113,9 +123,12 @@ pub fn save_run_config<A: Serialize>(out: &Path, config: &RunConfig<A>) -> Resul
 /// Reads the model shape of a finished run (`--init runs/pretrain`, chat).
 pub fn read_model_config(run: &Path) -> Result<GptConfig> {
     let path = run.join("config.json");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("{} has no config.json: is it a run directory?", run.display()))?;
-    let value: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
-    serde_json::from_value(value["model"].clone()).with_context(|| format!("{} has no valid \"model\" section", path.display()))
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("{} has no config.json: is it a run directory?", run.display()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
+    serde_json::from_value(value["model"].clone())
+        .with_context(|| format!("{} has no valid \"model\" section", path.display()))
 }
 
 /// Loads the trained model of a run directory, ready for use.
@@ -135,7 +148,8 @@ pub fn load_run_weights<B: Backend>(run: &Path, config: &GptConfig, device: &B::
 
 /// Which stage wrote a run ("pretrain", "sft", ...), from its config.json.
 pub fn read_stage(run: &Path) -> Result<String> {
-    let text = std::fs::read_to_string(run.join("config.json")).with_context(|| format!("{} has no config.json", run.display()))?;
+    let text = std::fs::read_to_string(run.join("config.json"))
+        .with_context(|| format!("{} has no config.json", run.display()))?;
     let value: serde_json::Value = serde_json::from_str(&text)?;
     Ok(value["stage"].as_str().unwrap_or("pretrain").to_string())
 }

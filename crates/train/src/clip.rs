@@ -14,9 +14,9 @@
 
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
-use model::AutodiffBackend;
 use burn::tensor::{ElementConversion, Tensor};
-use model::Backend;
+use kernels::AutodiffBackend;
+use kernels::Backend;
 
 /// Visits every parameter that has a gradient.
 struct GradVisitor<'a, B: AutodiffBackend, F> {
@@ -39,7 +39,11 @@ impl<B: AutodiffBackend, F: GradFn<B::InnerBackend>> ModuleVisitor<B> for GradVi
     }
 }
 
-fn visit_grads<B: AutodiffBackend, M: Module<B>, F: GradFn<B::InnerBackend>>(model: &M, grads: &mut GradientsParams, f: F) -> F {
+fn visit_grads<B: AutodiffBackend, M: Module<B>, F: GradFn<B::InnerBackend>>(
+    model: &M,
+    grads: &mut GradientsParams,
+    f: F,
+) -> F {
     let mut visitor = GradVisitor::<B, F> { grads, f, _b: std::marker::PhantomData };
     model.visit(&mut visitor);
     visitor.f
@@ -50,7 +54,7 @@ pub fn global_grad_norm<B: AutodiffBackend, M: Module<B>>(model: &M, grads: &mut
     struct SumSquares<B: Backend>(Option<Tensor<B, 1>>);
     impl<B: Backend> GradFn<B> for SumSquares<B> {
         fn apply<const D: usize>(&mut self, _: ParamId, grad: Tensor<B, D>) -> Option<Tensor<B, D>> {
-            let sq = B::sum_squares(grad); // [1]: one pass (a kernel on the CPU)
+            let sq = kernels::sum_squares(grad); // [1]: one pass (a kernel on the CPU)
             self.0 = Some(match self.0.take() {
                 Some(acc) => acc + sq,
                 None => sq,
@@ -97,7 +101,7 @@ mod tests {
     use super::*;
     use burn::module::Module;
     use burn::tensor::{TensorData, Tolerance};
-    use model::CpuTrain;
+    use kernels::CpuTrain;
 
     /// Two parameters whose gradients we choose: loss = a·x + b·y gives ∂/∂x = a.
     #[derive(Module, Debug)]
@@ -121,7 +125,7 @@ mod tests {
     }
 
     fn grad_of<const D: usize>(grads: &GradientsParams, p: &Param<Tensor<CpuTrain, D>>) -> TensorData {
-        grads.get::<model::Cpu, D>(p.id).unwrap().into_data()
+        grads.get::<kernels::Cpu, D>(p.id).unwrap().into_data()
     }
 
     #[test]

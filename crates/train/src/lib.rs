@@ -1,9 +1,10 @@
 //! The shared training machinery: one loop (`trainer::train`) that every
 //! stage runs, and its parts: schedules, clipping, the optimizer,
-//! checkpoints, metrics and learning curves.
+//! checkpoints, metrics and learning curves; and the stages' tasks.
 //!
-//! A stage implements [`task::Task`] (its batch type and its loss) and calls
-//! [`trainer::train`]. Nothing of the loop is copied per stage.
+//! A stage implements [`task::Task`] (its batch type and its loss; the
+//! stages' own are in [`tasks`]) and calls [`trainer::train`]. Nothing of
+//! the loop is copied per stage.
 
 pub mod adapter;
 pub mod alloc;
@@ -11,14 +12,13 @@ pub mod args;
 pub mod checkpoint;
 pub mod clip;
 pub mod device;
-pub mod dpo_task;
 pub mod metrics;
 pub mod optim;
 pub mod plot;
 pub mod run;
 pub mod schedule;
-pub mod sft_task;
 pub mod task;
+pub mod tasks;
 pub mod trainer;
 
 #[cfg(test)]

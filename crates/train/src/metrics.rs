@@ -45,14 +45,18 @@ impl MetricsLog {
         let mut events = Vec::new();
         if let (Some(step), Ok(file)) = (keep_until, File::open(&path)) {
             for line in BufReader::new(file).lines() {
-                if let Ok(event) = serde_json::from_str::<Event>(&line?) {
-                    if event.step <= step {
-                        events.push(event);
-                    }
+                if let Ok(event) = serde_json::from_str::<Event>(&line?)
+                    && event.step <= step
+                {
+                    events.push(event);
                 }
             }
         }
-        let mut file = OpenOptions::new().create(true).write(true).truncate(true).open(&path)
+        let mut file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(&path)
             .with_context(|| format!("cannot write {}", path.display()))?;
         for event in &events {
             writeln!(file, "{}", serde_json::to_string(event)?)?;

@@ -9,19 +9,19 @@
 //! each stepped by its own optimizer with its own decay.
 //!
 //! The AdamW update itself is [`AdamW`] below, whose arithmetic is the
-//! kernel `Kernels::adamw_step` (formula and reasons in the model crate's
-//! `kernels/adamw.rs`): one pass over memory instead of burn's dozen.
+//! kernel `kernels::adamw_step` (formula and reasons in
+//! `crates/kernels/src/adamw.rs`): one pass over memory instead of burn's dozen.
 
 use std::collections::HashSet;
 
 use burn::module::{AutodiffModule, Module, ModuleVisitor, Param, ParamId};
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::decay::WeightDecayConfig;
-use burn::optim::{GradientsParams, LearningRate, Optimizer, SimpleOptimizer, Sgd, SgdConfig};
+use burn::optim::{GradientsParams, LearningRate, Optimizer, Sgd, SgdConfig, SimpleOptimizer};
 use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Record, Recorder};
 use burn::tensor::Tensor;
-use model::kernels::adamw::AdamwStep;
-use model::{AutodiffBackend, Backend};
+use kernels::adamw::AdamwStep;
+use kernels::{AutodiffBackend, Backend};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -144,7 +144,7 @@ impl<B: Backend> SimpleOptimizer<B> for AdamW {
             weight_decay: self.weight_decay,
             time: time as i32,
         };
-        let (weight, moment_1, moment_2) = B::adamw_step(weight, grad, m, v, &settings);
+        let (weight, moment_1, moment_2) = kernels::adamw_step(weight, grad, m, v, &settings);
         (weight, Some(AdamWState { time, moment_1, moment_2 }))
     }
 
@@ -181,10 +181,10 @@ fn split<B: AutodiffBackend, M: Module<B>>(
     }
     impl<B: AutodiffBackend> ModuleVisitor<B> for Split<'_> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            if !self.decayed.contains(&param.id) {
-                if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
-                    self.rest.register::<B::InnerBackend, D>(param.id, g);
-                }
+            if !self.decayed.contains(&param.id)
+                && let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id)
+            {
+                self.rest.register::<B::InnerBackend, D>(param.id, g);
             }
         }
     }
@@ -198,10 +198,10 @@ fn split<B: AutodiffBackend, M: Module<B>>(
 mod tests {
     use burn::module::Param;
     use burn::nn::Linear;
-    use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
     use burn::optim::adaptor::OptimizerAdaptor;
+    use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
     use burn::tensor::{Distribution, Tensor, Tolerance};
-    use model::CpuTrain;
+    use kernels::CpuTrain;
 
     use super::AdamW;
 
@@ -214,10 +214,14 @@ mod tests {
         let random = |dims: [usize; 2]| Tensor::<CpuTrain, 2>::random(dims, Distribution::Normal(0.0, 0.2), &device);
         // Made from tensors, not `LinearConfig::init`: its parameters are
         // initialised lazily, and each clone would draw its own.
-        let layer = Linear { weight: Param::from_tensor(random([24, 40])), bias: Some(Param::from_tensor(random([1, 40]).squeeze_dim(0))) };
+        let layer = Linear {
+            weight: Param::from_tensor(random([24, 40])),
+            bias: Some(Param::from_tensor(random([1, 40]).squeeze_dim(0))),
+        };
         let x = random([8, 24]) * 5.0;
         let mut ours = OptimizerAdaptor::from(AdamW { beta_1: 0.9, beta_2: 0.95, epsilon: 1e-8, weight_decay: 0.1 });
-        let mut burns = AdamWConfig::new().with_beta_1(0.9).with_beta_2(0.95).with_epsilon(1e-8).with_weight_decay(0.1).init();
+        let mut burns =
+            AdamWConfig::new().with_beta_1(0.9).with_beta_2(0.95).with_epsilon(1e-8).with_weight_decay(0.1).init();
         let (mut a, mut b) = (layer.clone(), layer.clone());
         for _ in 0..3 {
             let loss = |l: &Linear<CpuTrain>| l.forward(x.clone()).powi_scalar(2).mean();

@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use anyhow::{Result, anyhow};
+use anyhow::{Context, Result, anyhow};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
@@ -21,13 +21,34 @@ pub fn draw_loss_curves(out: &Path, title: &str, train: &[(f64, f64)], val: &[(f
     let tmp = out.join("loss.tmp.svg");
     draw(SVGBackend::new(&tmp, size).into_drawing_area(), title, train, val, text)?;
     std::fs::rename(&tmp, out.join("loss.svg"))?;
+    // The PNG is drawn into memory, then encoded by the `png` crate:
+    // plotters' own PNG writer would compile a whole image library (JPEG,
+    // BMP and more) into every binary for this one picture.
+    let mut pixels = vec![0u8; 3 * size.0 as usize * size.1 as usize]; // RGB, row after row
+    draw(BitMapBackend::with_buffer(&mut pixels, size).into_drawing_area(), title, train, val, text)?;
     let tmp = out.join("loss.tmp.png");
-    draw(BitMapBackend::new(&tmp, size).into_drawing_area(), title, train, val, text)?;
+    write_png(&tmp, size, &pixels)?;
     std::fs::rename(&tmp, out.join("loss.png"))?;
     Ok(())
 }
 
-fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, title: &str, train: &[(f64, f64)], val: &[(f64, f64)], text: bool) -> Result<()>
+/// An 8-bit RGB image, `size` = (width, height), as a PNG file.
+fn write_png(path: &Path, size: (u32, u32), rgb: &[u8]) -> Result<()> {
+    let file = std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?;
+    let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), size.0, size.1);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    encoder.write_header()?.write_image_data(rgb)?;
+    Ok(())
+}
+
+fn draw<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    title: &str,
+    train: &[(f64, f64)],
+    val: &[(f64, f64)],
+    text: bool,
+) -> Result<()>
 where
     DB::ErrorType: 'static,
 {
@@ -61,9 +82,7 @@ where
         .map_err(err)?
         .label("validation")
         .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], orange.stroke_width(2)));
-    chart
-        .draw_series(val.iter().map(|&p| Circle::new(p, 3, orange.filled())))
-        .map_err(err)?;
+    chart.draw_series(val.iter().map(|&p| Circle::new(p, 3, orange.filled()))).map_err(err)?;
     if text {
         chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(err)?;
     }

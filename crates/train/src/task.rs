@@ -1,7 +1,8 @@
-//! What a stage plugs into the shared loop: its batches and its loss.
+//! What a stage plugs into the shared loop: its batches and its loss. The
+//! stages' own tasks are in `tasks/`.
 
 use burn::tensor::Tensor;
-use model::Backend;
+use kernels::Backend;
 use model::Gpt;
 
 /// A training task. Pretraining, SFT and DPO each implement this; the loop
@@ -28,7 +29,12 @@ pub trait Task {
     /// The loss plus named numbers to log beside it at log steps (each a
     /// `[1]` mean over the batch, e.g. DPO's reward accuracy). Tasks without
     /// such numbers keep this default.
-    fn loss_and_metrics<B: Backend>(&self, model: &Gpt<B>, batch: &Self::Batch, device: &B::Device) -> (Tensor<B, 1>, Vec<(&'static str, Tensor<B, 1>)>) {
+    fn loss_and_metrics<B: Backend>(
+        &self,
+        model: &Gpt<B>,
+        batch: &Self::Batch,
+        device: &B::Device,
+    ) -> (Tensor<B, 1>, Vec<(&'static str, Tensor<B, 1>)>) {
         (self.loss(model, batch, device), Vec::new())
     }
 
@@ -36,39 +42,5 @@ pub trait Task {
     /// logged beside the validation loss. None by default.
     fn evaluate<B: Backend>(&mut self, _model: &Gpt<B>, _device: &B::Device) -> Vec<(String, f64)> {
         Vec::new()
-    }
-}
-
-/// Ids → tensor, as the stages' losses need it.
-pub use model::gpt::int_tensor;
-
-/// Next-token prediction on sliding windows of a token stream.
-pub struct PretrainTask {
-    pub train: data::WindowDataset,
-    pub val: data::WindowDataset,
-}
-
-impl Task for PretrainTask {
-    type Batch = data::TokenBatch;
-
-    fn train_len(&self) -> usize {
-        self.train.len()
-    }
-    fn train_batch(&self, indices: &[usize]) -> Self::Batch {
-        self.train.batch(indices)
-    }
-    fn val_len(&self) -> usize {
-        self.val.len()
-    }
-    fn val_batch(&self, indices: &[usize]) -> Self::Batch {
-        self.val.batch(indices)
-    }
-    fn tokens(&self, batch: &Self::Batch) -> usize {
-        batch.inputs.len()
-    }
-    fn loss<B: Backend>(&self, model: &Gpt<B>, batch: &Self::Batch, device: &B::Device) -> Tensor<B, 1> {
-        let inputs = int_tensor::<B>(&batch.inputs, batch.batch_size, batch.seq_len, device);
-        let targets = int_tensor::<B>(&batch.targets, batch.batch_size, batch.seq_len, device);
-        model.loss(inputs, targets)
     }
 }

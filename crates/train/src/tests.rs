@@ -7,12 +7,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::{GradientsAccumulator, GradientsParams};
-use model::Backend;
 use burn::tensor::{Tensor, TensorData, Tolerance};
-use model::{CpuTrain, Gpt, GptConfig};
+use kernels::Backend;
+use kernels::CpuTrain;
+use model::{Gpt, GptConfig};
 
 use crate::metrics::Event;
-use crate::task::{Task, int_tensor};
+use model::gpt::int_tensor;
+
+use crate::task::Task;
 use crate::{Plan, TrainArgs, train};
 
 /// Windows over an in-memory token sequence: a task with no files.
@@ -59,10 +62,10 @@ impl Task for VecTask {
     }
     fn train_batch(&self, indices: &[usize]) -> Batch {
         self.drawn.set(self.drawn.get() + 1);
-        if let Some((n, stop)) = &self.stop_after {
-            if self.drawn.get() >= *n {
-                stop.store(true, Ordering::SeqCst);
-            }
+        if let Some((n, stop)) = &self.stop_after
+            && self.drawn.get() >= *n
+        {
+            stop.store(true, Ordering::SeqCst);
         }
         self.rows(indices.iter().map(|i| i * self.seq))
     }
@@ -91,7 +94,22 @@ fn out_dir(name: &str) -> PathBuf {
 }
 
 fn args(out: &std::path::Path, extra: &[&str]) -> TrainArgs {
-    let mut flags = vec!["--out", out.to_str().unwrap(), "--batch-size", "4", "--lr", "3e-3", "--warmup-steps", "2", "--log-interval", "1", "--eval-interval", "5", "--eval-batches", "2"];
+    let mut flags = vec![
+        "--out",
+        out.to_str().unwrap(),
+        "--batch-size",
+        "4",
+        "--lr",
+        "3e-3",
+        "--warmup-steps",
+        "2",
+        "--log-interval",
+        "1",
+        "--eval-interval",
+        "5",
+        "--eval-batches",
+        "2",
+    ];
     flags.extend(extra);
     TrainArgs::from_flags(&flags)
 }
@@ -116,7 +134,7 @@ fn flat_grads(model: &Gpt<CpuTrain>, grads: &GradientsParams) -> Vec<f32> {
     struct Collect<'a>(&'a GradientsParams, Vec<f32>);
     impl ModuleVisitor<CpuTrain> for Collect<'_> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<CpuTrain, D>>) {
-            let g = self.0.get::<model::Cpu, D>(param.id).unwrap();
+            let g = self.0.get::<kernels::Cpu, D>(param.id).unwrap();
             self.1.extend(g.into_data().to_vec::<f32>().unwrap());
         }
     }
@@ -178,7 +196,8 @@ fn resumed_training_equals_uninterrupted_training() {
     // Uninterrupted: 12 steps.
     let full_out = out_dir("full");
     let extra = ["--max-steps", "12", "--grad-accum", "2"];
-    let full = train(model.clone(), &mut VecTask::new(40, 8, 16), &args(&full_out, &extra), &device, no_stop(), "t").unwrap();
+    let full =
+        train(model.clone(), &mut VecTask::new(40, 8, 16), &args(&full_out, &extra), &device, no_stop(), "t").unwrap();
 
     // Interrupted after step 5 (10 micro-batches: "Ctrl-C" during step 5)...
     let out = out_dir("resume");
@@ -217,7 +236,10 @@ fn a_diverging_loss_stops_the_run_with_advice() {
     let out = out_dir("nan");
     let mut task = VecTask::new(8, 2, 16);
     task.loss_scale = f64::NAN;
-    let err = train(tiny_model(), &mut task, &args(&out, &[]), &Default::default(), no_stop(), "t").err().unwrap().to_string();
+    let err = train(tiny_model(), &mut task, &args(&out, &[]), &Default::default(), no_stop(), "t")
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("at step 1") && err.contains("--lr"), "{err}");
 }
 
@@ -225,7 +247,10 @@ fn a_diverging_loss_stops_the_run_with_advice() {
 fn plan_arithmetic() {
     let a = args(std::path::Path::new("x"), &["--batch-size", "8", "--grad-accum", "4", "--epochs", "3"]);
     let plan = Plan::new(1000, &a).unwrap();
-    assert_eq!((plan.batches_per_epoch, plan.steps_per_epoch, plan.total_steps, plan.effective_batch), (125, 31, 93, 32));
+    assert_eq!(
+        (plan.batches_per_epoch, plan.steps_per_epoch, plan.total_steps, plan.effective_batch),
+        (125, 31, 93, 32)
+    );
     let err = Plan::new(5, &a).unwrap_err().to_string();
     assert!(err.contains("--batch-size 8 is larger than the 5 training examples"), "{err}");
     let err = Plan::new(20, &a).unwrap_err().to_string();

@@ -15,9 +15,9 @@ use anyhow::{Context, Result, bail};
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::ElementConversion;
-use model::AutodiffBackend;
 use data::BatchSampler;
 use indicatif::{ProgressBar, ProgressStyle};
+use kernels::AutodiffBackend;
 use model::Gpt;
 
 use crate::args::TrainArgs;
@@ -46,14 +46,26 @@ impl Plan {
     pub fn new(examples: usize, args: &TrainArgs) -> Result<Self> {
         let batches_per_epoch = examples / args.batch_size;
         if batches_per_epoch == 0 {
-            bail!("--batch-size {} is larger than the {examples} training examples: use at most {examples}", args.batch_size);
+            bail!(
+                "--batch-size {} is larger than the {examples} training examples: use at most {examples}",
+                args.batch_size
+            );
         }
         if args.grad_accum > batches_per_epoch {
-            bail!("--grad-accum {} needs more micro-batches than one epoch has ({batches_per_epoch}): use at most {batches_per_epoch}", args.grad_accum);
+            bail!(
+                "--grad-accum {} needs more micro-batches than one epoch has ({batches_per_epoch}): use at most {batches_per_epoch}",
+                args.grad_accum
+            );
         }
         let steps_per_epoch = batches_per_epoch / args.grad_accum;
         let total_steps = args.max_steps.unwrap_or(steps_per_epoch * args.epochs);
-        Ok(Self { examples, batches_per_epoch, steps_per_epoch, total_steps, effective_batch: args.batch_size * args.grad_accum })
+        Ok(Self {
+            examples,
+            batches_per_epoch,
+            steps_per_epoch,
+            total_steps,
+            effective_batch: args.batch_size * args.grad_accum,
+        })
     }
 }
 
@@ -76,7 +88,8 @@ pub fn train<B: AutodiffBackend, T: Task>(
     title: &str,
 ) -> Result<Outcome<B>> {
     // 1. The plan: how many steps, on what schedule.
-    std::fs::create_dir_all(&args.out).with_context(|| format!("--out {}: cannot create this folder", args.out.display()))?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("--out {}: cannot create this folder", args.out.display()))?;
     let plan = Plan::new(task.train_len(), args)?;
     let schedule = LrSchedule {
         kind: args.schedule,
@@ -131,7 +144,7 @@ pub fn train<B: AutodiffBackend, T: Task>(
     if state.step == 0 {
         let (loss, extra) = evaluate(&model, task, &val_batches, device);
         say(&bar, format!("step 0: val loss {loss:.4} (perplexity {:.1}){}", loss.exp(), fmt_extra(&extra)));
-        log.log(Event { step: 0, epoch: 0.0, split: "val".into(), loss, lr: schedule.lr_at(0), grad_norm: None, tokens: 0, tokens_per_s: 0.0, elapsed_s: 0.0, extra: to_map(&extra) })?;
+        log.log(Event { extra: to_map(&extra), ..event("val", &state, 0.0, loss, schedule.lr_at(0), 0.0) })?;
     }
 
     let mut interrupted = false;
@@ -186,7 +199,11 @@ pub fn train<B: AutodiffBackend, T: Task>(
         if let Some(v) = args.clip_value {
             clip_grad_value(&model, &mut grads, v);
         }
-        let grad_norm = if args.clip_norm > 0.0 { clip_grad_norm(&model, &mut grads, args.clip_norm) } else { global_grad_norm(&model, &mut grads) };
+        let grad_norm = if args.clip_norm > 0.0 {
+            clip_grad_norm(&model, &mut grads, args.clip_norm)
+        } else {
+            global_grad_norm(&model, &mut grads)
+        };
         model = optim.step(lr, model, grads);
         step_secs += step_started.elapsed().as_secs_f64();
         state.step += 1;
@@ -199,12 +216,23 @@ pub fn train<B: AutodiffBackend, T: Task>(
         bar.set_position(state.step as u64);
         bar.set_message(format!("loss {loss:.3} | lr {lr:.1e} | {:.0} tok/s", tokens_per_s(&state, step_secs)));
         if state.step % args.log_interval == 0 || last {
-            log.log(Event { step: state.step, epoch: epoch_of(&state), split: "train".into(), loss, lr, grad_norm: Some(grad_norm), tokens: state.tokens, tokens_per_s: tokens_per_s(&state, step_secs), elapsed_s: state.elapsed_s, extra: to_map(&step_metrics.iter().map(|(k, v)| (k.to_string(), *v)).collect::<Vec<_>>()) })?;
+            let extra: Vec<(String, f64)> = step_metrics.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+            let at = event("train", &state, epoch_of(&state), loss, lr, tokens_per_s(&state, step_secs));
+            log.log(Event { grad_norm: Some(grad_norm), extra: to_map(&extra), ..at })?;
         }
         if state.step % args.eval_interval == 0 || last {
             let (val_loss, extra) = evaluate(&model, task, &val_batches, device);
-            say(&bar, format!("step {}: train loss {loss:.4}, val loss {val_loss:.4} (perplexity {:.1}){}", state.step, val_loss.exp(), fmt_extra(&extra)));
-            log.log(Event { step: state.step, epoch: epoch_of(&state), split: "val".into(), loss: val_loss, lr, grad_norm: None, tokens: state.tokens, tokens_per_s: tokens_per_s(&state, step_secs), elapsed_s: state.elapsed_s, extra: to_map(&extra) })?;
+            say(
+                &bar,
+                format!(
+                    "step {}: train loss {loss:.4}, val loss {val_loss:.4} (perplexity {:.1}){}",
+                    state.step,
+                    val_loss.exp(),
+                    fmt_extra(&extra)
+                ),
+            );
+            let at = event("val", &state, epoch_of(&state), val_loss, lr, tokens_per_s(&state, step_secs));
+            log.log(Event { extra: to_map(&extra), ..at })?;
             draw_loss_curves(&args.out, title, &log.curve("train"), &log.curve("val"))?;
         }
         if state.step % args.save_interval == 0 || last || interrupted {
@@ -222,7 +250,12 @@ pub fn train<B: AutodiffBackend, T: Task>(
 /// Mean validation loss over the fixed batches, plus the task's own metrics.
 /// Runs on the inner (non-autodiff) backend: no graph is built and dropout
 /// is off, which is what "evaluation mode" means.
-pub fn evaluate<B: AutodiffBackend, T: Task>(model: &Gpt<B>, task: &mut T, batches: &[Vec<usize>], device: &B::Device) -> (f64, Vec<(String, f64)>) {
+pub fn evaluate<B: AutodiffBackend, T: Task>(
+    model: &Gpt<B>,
+    task: &mut T,
+    batches: &[Vec<usize>],
+    device: &B::Device,
+) -> (f64, Vec<(String, f64)>) {
     let valid: Gpt<B::InnerBackend> = model.valid();
     // Each batch's mean is weighted by its size, so a short last batch
     // counts for what it holds.
@@ -244,6 +277,23 @@ fn say(bar: &ProgressBar, line: String) {
         println!("{line}");
     } else {
         bar.println(line);
+    }
+}
+
+/// A metrics event at the loop's position `state`, with no gradient norm
+/// and no extra numbers (the caller adds those it has).
+fn event(split: &str, state: &TrainerState, epoch: f64, loss: f64, lr: f64, tokens_per_s: f64) -> Event {
+    Event {
+        step: state.step,
+        epoch,
+        split: split.into(),
+        loss,
+        lr,
+        grad_norm: None,
+        tokens: state.tokens,
+        tokens_per_s,
+        elapsed_s: state.elapsed_s,
+        extra: Default::default(),
     }
 }
 

@@ -1,6 +1,6 @@
 //! The AdamW update as one kernel: the optimizer's step for one parameter
-//! tensor, in both versions (the plain tensor formula and the CPU loop) in
-//! this one file, since the formula is short.
+//! tensor. This file holds the formula and its plain tensor version; the
+//! CPU loop is `cpu/adamw.rs`.
 //!
 //! For each element, with gradient g and the step number t (1, 2, ...):
 //!
@@ -28,9 +28,6 @@
 
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
-use rayon::prelude::*;
-
-use super::host::{HostCopy, read, take, to_device};
 
 /// The settings of one AdamW step.
 #[derive(Debug, Clone, Copy)]
@@ -51,7 +48,7 @@ pub struct AdamwStep {
 
 impl AdamwStep {
     /// 1 − β1ᵗ and 1 − β2ᵗ, the bias corrections.
-    fn corrections(&self) -> (f32, f32) {
+    pub fn corrections(&self) -> (f32, f32) {
         (1.0 - self.beta_1.powi(self.time), 1.0 - self.beta_2.powi(self.time))
     }
 }
@@ -70,37 +67,4 @@ pub fn reference<B: Backend, const D: usize>(
     let update = m.clone().div_scalar(c1) / (v.clone().div_scalar(c2).sqrt().add_scalar(s.epsilon));
     let weight = weight.mul_scalar(1.0 - s.lr * s.weight_decay as f64) - update.mul_scalar(s.lr);
     (weight, m, v)
-}
-
-/// The same formula as one pass over memory, overwriting the weight and
-/// the moments in place (their buffers are handed over, not copied, when
-/// nothing else holds them), split across cores.
-pub fn cpu<B: HostCopy, const D: usize>(
-    weight: Tensor<B, D>,
-    grad: Tensor<B, D>,
-    m: Tensor<B, D>,
-    v: Tensor<B, D>,
-    s: &AdamwStep,
-) -> (Tensor<B, D>, Tensor<B, D>, Tensor<B, D>) {
-    let (dims, device) = (weight.dims(), weight.device());
-    let (c1, c2) = s.corrections();
-    // As the tensor version computes them: the scale in f64, then rounded.
-    let (shrink, lr) = ((1.0 - s.lr * s.weight_decay as f64) as f32, s.lr as f32);
-    let grad = read(grad);
-    let (mut weight, mut m, mut v) = (take(weight), take(m), take(v));
-    const CHUNK: usize = 16 * 1024;
-    weight
-        .par_chunks_mut(CHUNK)
-        .zip(m.par_chunks_mut(CHUNK))
-        .zip(v.par_chunks_mut(CHUNK))
-        .zip(grad.par_chunks(CHUNK))
-        .for_each(|(((w, m), v), g)| {
-            for (((w, m), v), &g) in w.iter_mut().zip(m).zip(v).zip(g) {
-                *m = *m * s.beta_1 + g * (1.0 - s.beta_1);
-                *v = *v * s.beta_2 + g * g * (1.0 - s.beta_2);
-                let update = (*m / c1) / ((*v / c2).sqrt() + s.epsilon);
-                *w = *w * shrink - update * lr;
-            }
-        });
-    (to_device(weight, dims, &device), to_device(m, dims, &device), to_device(v, dims, &device))
 }

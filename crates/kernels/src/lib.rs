@@ -1,5 +1,7 @@
-//! Fused kernels: the operations that dominate a CPU training step, each
-//! written as one operation with a hand-written backward pass.
+//! The fused operations of the model and its optimizer: the operations
+//! that dominate a training step, each written as one operation with a
+//! hand-written backward pass. The `model` crate calls them through the
+//! named functions at the bottom of this file and never sees how they run.
 //!
 //! Why they exist: burn's autodiff records every primitive operation. A
 //! softmax becomes max, subtract, exp, sum and divide, and the backward pass
@@ -19,46 +21,44 @@
 //! | `matmul` | y = a·b | da = dy·bᵀ; db = aᵀ·dy |
 //! | `linear_rows` | y = x·W + b | dx = dy·Wᵀ; dW = xᵀ·dy; db = Σ dy over rows |
 //!
-//! Two more kernels are not part of the model and have no backward pass:
-//! [`Kernels::adamw_step`], the optimizer's update of one weight tensor
-//! (both its versions are in [`adamw`]), and [`Kernels::sum_squares`], what
+//! Two more kernels serve the optimizer, not the model, and have no
+//! backward pass: [`Backend::adamw_step`], the AdamW update of one weight
+//! tensor ([`adamw`] explains it), and [`Backend::sum_squares`], what
 //! gradient clipping measures.
 //!
 //! Attention and matmul are there for the copies they avoid: burn splits
 //! heads with a transpose and makes it contiguous before each product, and
 //! its matmul backward materialises the transposes; the CPU versions read
-//! the same memory through strides instead ([`matmul::MatRef`]).
+//! the same memory through strides instead.
 //!
-//! Three layers, one file each:
-//! - this file: the [`Kernels`] trait, whose default methods are the plain
-//!   tensor formulas in [`reference`] (what the CUDA backend runs, and what
-//!   the tests compare everything against);
-//! - [`cpu`]: the same formulas as loops over host memory, one pass per
-//!   row, split across cores with rayon, for the two CPU backends
-//!   ([`mod@matmul`] for products, [`cpu_attention`] for attention, whose loops
-//!   are small products), reading the backend's buffers through [`host`];
-//! - [`autodiff`]: the graph node for each operation, which calls the
-//!   inner backend's forward and keeps what its backward needs.
+//! The layout, one layer per place:
+//! - this file: the [`Backend`] trait, whose default methods are the plain
+//!   tensor formulas of [`reference`] and [`adamw`] (what the CUDA backend
+//!   runs, and what the tests hold every implementation to), and the
+//!   functions the model calls;
+//! - [`cpu`]: the same formulas as loops over host memory, for burn's two
+//!   CPU backends (ndarray, and flex behind the `flex` feature). A GPU
+//!   implementation belongs in a sibling folder of it, tested by the same
+//!   tests (`tests/`, written once for any backend);
+//! - [`autodiff`]: the graph node of each operation, which calls the inner
+//!   backend's forward and keeps what its backward needs.
 //!
-//! The model calls the functions at the bottom of this file
-//! ([`softmax_last`], [`gelu`], [`token_nll`], [`causal_attention`],
-//! [`fn@matmul`], [`matmul_bt`], [`fn@linear`]), and [`crate::norm::LayerNorm`].
+//! The backends themselves are named once, at the end of this file
+//! ([`Cpu`], [`CpuTrain`]) and in `train::device` (the `--device` flag).
 
 pub mod adamw;
 pub mod autodiff;
 pub mod cpu;
-pub mod cpu_attention;
-pub mod host;
-pub mod matmul;
 pub mod reference;
 
 use burn::tensor::{Int, Tensor};
 
-/// Operations a backend runs as single fused steps. Every method has a
+/// What the model and the optimizer ask of a backend: burn's `Backend`,
+/// plus the operations it runs as single fused steps. Every method has a
 /// plain default, so a backend opts in by overriding, and the default is
 /// always there to check against. Tensors are 2-D, `[rows, cols]` (the
-/// attention weights 4-D); the wrappers below flatten other ranks into that.
-pub trait Kernels: burn::tensor::backend::Backend {
+/// attention weights 4-D).
+pub trait Backend: burn::tensor::backend::Backend {
     /// Softmax of each row of `x [rows, cols]`.
     fn softmax_rows(x: Tensor<Self, 2>) -> Tensor<Self, 2> {
         reference::softmax_rows(x)
@@ -78,7 +78,10 @@ pub trait Kernels: burn::tensor::backend::Backend {
     /// Cross-entropy of each row of `logits [rows, vocab]` against
     /// `targets [rows]`: returns `(nll [rows], logsumexp [rows])`. The
     /// log-sum-exp is what the backward pass needs to rebuild the softmax.
-    fn cross_entropy_rows(logits: Tensor<Self, 2>, targets: Tensor<Self, 1, Int>) -> (Tensor<Self, 1>, Tensor<Self, 1>) {
+    fn cross_entropy_rows(
+        logits: Tensor<Self, 2>,
+        targets: Tensor<Self, 1, Int>,
+    ) -> (Tensor<Self, 1>, Tensor<Self, 1>) {
         reference::cross_entropy_rows(logits, targets)
     }
     /// dL/dlogits, from the forward's inputs, its log-sum-exp and dL/dnll.
@@ -183,167 +186,63 @@ pub trait Kernels: burn::tensor::backend::Backend {
     }
 }
 
-// The CPU backends run the loops in `cpu`; the CUDA backend keeps the plain
-// defaults (its element-wise operations already run in parallel on the GPU).
-macro_rules! cpu_kernels {
-    ($backend:ty) => {
-        impl Kernels for $backend {
-            fn softmax_rows(x: Tensor<Self, 2>) -> Tensor<Self, 2> {
-                cpu::softmax_rows(x)
-            }
-            fn softmax_rows_backward(y: Tensor<Self, 2>, dy: Tensor<Self, 2>) -> Tensor<Self, 2> {
-                cpu::softmax_rows_backward(y, dy)
-            }
-            fn gelu_tanh(x: Tensor<Self, 2>) -> Tensor<Self, 2> {
-                cpu::gelu_tanh(x)
-            }
-            fn gelu_tanh_backward(x: Tensor<Self, 2>, dy: Tensor<Self, 2>) -> Tensor<Self, 2> {
-                cpu::gelu_tanh_backward(x, dy)
-            }
-            fn cross_entropy_rows(
-                logits: Tensor<Self, 2>,
-                targets: Tensor<Self, 1, Int>,
-            ) -> (Tensor<Self, 1>, Tensor<Self, 1>) {
-                cpu::cross_entropy_rows(logits, targets)
-            }
-            fn cross_entropy_rows_backward(
-                logits: Tensor<Self, 2>,
-                targets: Tensor<Self, 1, Int>,
-                logsumexp: Tensor<Self, 1>,
-                dnll: Tensor<Self, 1>,
-            ) -> Tensor<Self, 2> {
-                cpu::cross_entropy_rows_backward(logits, targets, logsumexp, dnll)
-            }
-            fn layer_norm_rows(
-                x: Tensor<Self, 2>,
-                gamma: Tensor<Self, 1>,
-                beta: Tensor<Self, 1>,
-                eps: f64,
-            ) -> (Tensor<Self, 2>, Tensor<Self, 1>, Tensor<Self, 1>) {
-                cpu::layer_norm_rows(x, gamma, beta, eps)
-            }
-            fn layer_norm_rows_backward(
-                x: Tensor<Self, 2>,
-                gamma: Tensor<Self, 1>,
-                mean: Tensor<Self, 1>,
-                rstd: Tensor<Self, 1>,
-                dy: Tensor<Self, 2>,
-            ) -> (Tensor<Self, 2>, Tensor<Self, 1>, Tensor<Self, 1>) {
-                cpu::layer_norm_rows_backward(x, gamma, mean, rstd, dy)
-            }
-            fn matmul(a: Tensor<Self, 2>, b: Tensor<Self, 2>, b_transposed: bool) -> Tensor<Self, 2> {
-                matmul::matmul(a, b, b_transposed)
-            }
-            fn matmul_backward(
-                a: Tensor<Self, 2>,
-                b: Tensor<Self, 2>,
-                dy: Tensor<Self, 2>,
-                b_transposed: bool,
-            ) -> (Tensor<Self, 2>, Tensor<Self, 2>) {
-                matmul::matmul_backward(a, b, dy, b_transposed)
-            }
-            fn linear_rows(x: Tensor<Self, 2>, w: Tensor<Self, 2>, bias: Tensor<Self, 1>) -> Tensor<Self, 2> {
-                matmul::linear(x, w, bias)
-            }
-            fn linear_rows_backward(
-                x: Tensor<Self, 2>,
-                w: Tensor<Self, 2>,
-                dy: Tensor<Self, 2>,
-            ) -> (Tensor<Self, 2>, Tensor<Self, 2>, Tensor<Self, 1>) {
-                matmul::linear_backward(x, w, dy)
-            }
-            fn causal_attention(
-                q: Tensor<Self, 2>,
-                k: Tensor<Self, 2>,
-                v: Tensor<Self, 2>,
-                batch: usize,
-                n_heads: usize,
-            ) -> (Tensor<Self, 2>, Tensor<Self, 4>) {
-                cpu_attention::causal_attention(q, k, v, batch, n_heads)
-            }
-            fn causal_attention_backward(
-                q: Tensor<Self, 2>,
-                k: Tensor<Self, 2>,
-                v: Tensor<Self, 2>,
-                weights: Tensor<Self, 4>,
-                dcontext: Tensor<Self, 2>,
-                n_heads: usize,
-            ) -> (Tensor<Self, 2>, Tensor<Self, 2>, Tensor<Self, 2>) {
-                cpu_attention::causal_attention_backward(q, k, v, weights, dcontext, n_heads)
-            }
-            fn sum_squares<const D: usize>(x: Tensor<Self, D>) -> Tensor<Self, 1> {
-                cpu::sum_squares(x)
-            }
-            fn adamw_step<const D: usize>(
-                weight: Tensor<Self, D>,
-                grad: Tensor<Self, D>,
-                m: Tensor<Self, D>,
-                v: Tensor<Self, D>,
-                step: &adamw::AdamwStep,
-            ) -> (Tensor<Self, D>, Tensor<Self, D>, Tensor<Self, D>) {
-                adamw::cpu(weight, grad, m, v, step)
-            }
-        }
-    };
-}
-cpu_kernels!(burn::backend::NdArray<f32>);
-#[cfg(feature = "flex")]
-cpu_kernels!(burn::backend::Flex);
+/// burn's `AutodiffBackend` with the fused operations, whose inner backend
+/// (the one validation and generation run on, without a graph) has them too.
+pub trait AutodiffBackend: burn::tensor::backend::AutodiffBackend<InnerBackend: Backend> + Backend {}
+impl<B> AutodiffBackend for B where B: burn::tensor::backend::AutodiffBackend<InnerBackend: Backend> + Backend {}
 
+/// The CPU backend every test and the default run use: burn's ndarray, f32.
+pub type Cpu = burn::backend::NdArray<f32>;
+/// The CPU backend with automatic differentiation, for training.
+pub type CpuTrain = burn::backend::Autodiff<Cpu>;
+
+// The CUDA backend keeps the plain defaults for now: its element-wise
+// operations already run in parallel on the GPU. Fused GPU kernels will
+// override them from a folder beside `cpu/`.
 #[cfg(feature = "cuda")]
-impl Kernels for burn::backend::Cuda<f32, i32> {}
+impl Backend for burn::backend::Cuda<f32, i32> {}
 
-/// `[..., cols]` → `[rows, cols]`: every leading index becomes one row.
-/// A 2-D tensor passes through with no operation at all: burn-ndarray
-/// copies the data on every reshape, even one that changes nothing, and the
-/// model keeps its activations 2-D for that reason (see `Gpt::forward_rows`).
-pub fn to_rows<B: burn::tensor::backend::Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, 2> {
-    if D == 2 {
-        return Tensor::from_primitive(x.into_primitive());
-    }
-    let cols = x.dims()[D - 1];
-    let rows = x.shape().num_elements() / cols;
-    x.reshape([rows, cols])
-}
-
-/// The inverse of [`to_rows`]: `[rows, cols]` → `dims`, free when `D` is 2.
-pub fn from_rows<B: burn::tensor::backend::Backend, const D: usize>(x: Tensor<B, 2>, dims: [usize; D]) -> Tensor<B, D> {
-    if D == 2 {
-        return Tensor::from_primitive(x.into_primitive());
-    }
-    x.reshape(dims)
-}
+// ---------------------------------------------------------------------------
+// The functions the model and the optimizer call.
+// ---------------------------------------------------------------------------
 
 /// Softmax over the last dimension, any rank: `[..., cols]` → `[..., cols]`.
-pub fn softmax_last<B: Kernels, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+pub fn softmax<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     let dims = x.dims();
-    from_rows(B::softmax_rows(to_rows(x)), dims)
+    let cols = dims[D - 1];
+    let rows = x.shape().num_elements() / cols;
+    B::softmax_rows(x.reshape([rows, cols])).reshape(dims) // [rows, cols] in between
 }
 
-/// GPT-2's GELU, any rank.
-pub fn gelu<B: Kernels, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    let dims = x.dims();
-    from_rows(B::gelu_tanh(to_rows(x)), dims)
+/// GPT-2's GELU (tanh form) of every element of `x [rows, cols]`.
+pub fn gelu<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
+    B::gelu_tanh(x)
 }
 
-/// `a [m, k] · b [k, n]` → `[m, n]` (see [`mod@matmul`]).
-pub fn matmul<B: Kernels>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 2> {
+/// LayerNorm of each row of `x [rows, d]`: normalised to mean 0 and
+/// variance 1 (`eps` added to the variance), then `gamma [d]` ⊙ · + `beta [d]`.
+pub fn layer_norm<B: Backend>(x: Tensor<B, 2>, gamma: Tensor<B, 1>, beta: Tensor<B, 1>, eps: f64) -> Tensor<B, 2> {
+    B::layer_norm_rows(x, gamma, beta, eps).0
+}
+
+/// `a [m, k] · b [k, n]` → `[m, n]`.
+pub fn matmul<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 2> {
     B::matmul(a, b, false)
 }
 
 /// `a [m, k] · bᵀ`, for `b [n, k]` → `[m, n]`, without materialising bᵀ.
-pub fn matmul_bt<B: Kernels>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 2> {
+pub fn matmul_bt<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 2> {
     B::matmul(a, b, true)
 }
 
-/// `x [m, k] · w [k, n] + bias [n]` → `[m, n]` (see [`Kernels::linear_rows`]).
-pub fn linear<B: Kernels>(x: Tensor<B, 2>, w: Tensor<B, 2>, bias: Tensor<B, 1>) -> Tensor<B, 2> {
+/// `x [m, k] · w [k, n] + bias [n]` → `[m, n]`: a linear layer.
+pub fn linear<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>, bias: Tensor<B, 1>) -> Tensor<B, 2> {
     B::linear_rows(x, w, bias)
 }
 
 /// Causal multi-head self-attention: `q, k, v [batch·seq, d_model]` →
-/// `context [batch·seq, d_model]` (see [`Kernels::causal_attention`]).
-pub fn causal_attention<B: Kernels>(
+/// `context [batch·seq, d_model]` (see [`Backend::causal_attention`]).
+pub fn causal_attention<B: Backend>(
     q: Tensor<B, 2>,
     k: Tensor<B, 2>,
     v: Tensor<B, 2>,
@@ -354,8 +253,25 @@ pub fn causal_attention<B: Kernels>(
 }
 
 /// Negative log-probability of each target: logits `[n, vocab]`, targets `[n]` → `[n]`.
-pub fn token_nll<B: Kernels>(logits: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> Tensor<B, 1> {
+pub fn token_nll<B: Backend>(logits: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> Tensor<B, 1> {
     B::cross_entropy_rows(logits, targets).0
+}
+
+/// Σ x² over every element of `x`, `[1]`.
+pub fn sum_squares<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, 1> {
+    B::sum_squares(x)
+}
+
+/// One AdamW update of `weight` from its gradient and moments: the new
+/// `(weight, m, v)` (see [`adamw`]).
+pub fn adamw_step<B: Backend, const D: usize>(
+    weight: Tensor<B, D>,
+    grad: Tensor<B, D>,
+    m: Tensor<B, D>,
+    v: Tensor<B, D>,
+    step: &adamw::AdamwStep,
+) -> (Tensor<B, D>, Tensor<B, D>, Tensor<B, D>) {
+    B::adamw_step(weight, grad, m, v, step)
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
-//! Tensor values as plain Rust slices, for the CPU kernels ([`super::cpu`],
-//! [`super::matmul`], [`super::cpu_attention`]).
+//! Tensor values as plain Rust slices, for the CPU kernels ([`super::rows`],
+//! [`super::matmul`], [`super::attention`], [`super::adamw`]).
 //!
 //! A CPU backend's tensor already lives in host memory, so a kernel needs
 //! no copy to read it; copies are what a careless version pays most for
@@ -126,6 +126,10 @@ pub(super) fn host_ids<B: Backend>(targets: Tensor<B, 1, Int>, vocab: usize) -> 
 }
 
 /// `values` (row-major) as a tensor of `shape`; the backend keeps the `Vec`.
-pub(super) fn to_device<B: Backend, const D: usize>(values: Vec<f32>, shape: [usize; D], device: &B::Device) -> Tensor<B, D> {
+pub(super) fn to_device<B: Backend, const D: usize>(
+    values: Vec<f32>,
+    shape: [usize; D],
+    device: &B::Device,
+) -> Tensor<B, D> {
     Tensor::from_data(TensorData::new(values, shape), device)
 }

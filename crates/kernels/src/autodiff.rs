@@ -19,14 +19,14 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn::tensor::ops::{FloatTensor, IntTensor};
 use burn::tensor::{Int, Tensor, TensorPrimitive};
 
-use super::Kernels;
+use crate::Backend;
 
-impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
+impl<B: Backend, C: CheckpointStrategy> Backend for Autodiff<B, C> {
     fn softmax_rows(x: Tensor<Self, 2>) -> Tensor<Self, 2> {
         #[derive(Debug)]
         struct SoftmaxRows;
 
-        impl<B: Kernels> Backward<B, 1> for SoftmaxRows {
+        impl<B: Backend> Backward<B, 1> for SoftmaxRows {
             type State = FloatTensor<B>; // y [rows, cols]: the backward needs the output
 
             fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
@@ -50,7 +50,7 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
         #[derive(Debug)]
         struct Gelu;
 
-        impl<B: Kernels> Backward<B, 1> for Gelu {
+        impl<B: Backend> Backward<B, 1> for Gelu {
             type State = FloatTensor<B>; // x [rows, cols]: the backward needs the input
 
             fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
@@ -68,11 +68,14 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
         Tensor::from_primitive(TensorPrimitive::Float(out))
     }
 
-    fn cross_entropy_rows(logits: Tensor<Self, 2>, targets: Tensor<Self, 1, Int>) -> (Tensor<Self, 1>, Tensor<Self, 1>) {
+    fn cross_entropy_rows(
+        logits: Tensor<Self, 2>,
+        targets: Tensor<Self, 1, Int>,
+    ) -> (Tensor<Self, 1>, Tensor<Self, 1>) {
         #[derive(Debug)]
         struct CrossEntropyRows;
 
-        impl<B: Kernels> Backward<B, 1> for CrossEntropyRows {
+        impl<B: Backend> Backward<B, 1> for CrossEntropyRows {
             // logits [rows, vocab], targets [rows], logsumexp [rows]
             type State = (FloatTensor<B>, IntTensor<B>, FloatTensor<B>);
 
@@ -105,9 +108,14 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
         beta: Tensor<Self, 1>,
         eps: f64,
     ) -> (Tensor<Self, 2>, Tensor<Self, 1>, Tensor<Self, 1>) {
-        let (x, gamma, beta) = (x.into_primitive().tensor(), gamma.into_primitive().tensor(), beta.into_primitive().tensor());
-        let (y, mean, rstd) =
-            B::layer_norm_rows(tensor(x.primitive.clone()), tensor(gamma.primitive.clone()), tensor(beta.primitive), eps);
+        let (x, gamma, beta) =
+            (x.into_primitive().tensor(), gamma.into_primitive().tensor(), beta.into_primitive().tensor());
+        let (y, mean, rstd) = B::layer_norm_rows(
+            tensor(x.primitive.clone()),
+            tensor(gamma.primitive.clone()),
+            tensor(beta.primitive),
+            eps,
+        );
         let y = float(y);
         let out = match LayerNormRows.prepare::<C>([x.node, gamma.node, beta.node]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
@@ -146,12 +154,15 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
         n_heads: usize,
     ) -> (Tensor<Self, 2>, Tensor<Self, 4>) {
         let (q, k, v) = (q.into_primitive().tensor(), k.into_primitive().tensor(), v.into_primitive().tensor());
-        let (q_in, k_in, v_in) = (tensor(q.primitive.clone()), tensor(k.primitive.clone()), tensor(v.primitive.clone()));
+        let (q_in, k_in, v_in) =
+            (tensor(q.primitive.clone()), tensor(k.primitive.clone()), tensor(v.primitive.clone()));
         let (context, weights) = B::causal_attention(q_in, k_in, v_in, batch, n_heads);
         let context = float(context);
         let node = CausalAttention { n_heads };
         let out = match node.prepare::<C>([q.node, k.node, v.node]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => prep.finish((q.primitive, k.primitive, v.primitive, float(weights.clone())), context),
+            OpsKind::Tracked(prep) => {
+                prep.finish((q.primitive, k.primitive, v.primitive, float(weights.clone())), context)
+            }
             OpsKind::UnTracked(prep) => prep.finish(context),
         };
         // The weights leave the graph as a constant (for inspection only).
@@ -164,7 +175,7 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
 #[derive(Debug)]
 struct LayerNormRows;
 
-impl<B: Kernels> Backward<B, 3> for LayerNormRows {
+impl<B: Backend> Backward<B, 3> for LayerNormRows {
     // x [rows, d], gamma [d], mean [rows], rstd [rows]
     type State = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, FloatTensor<B>);
 
@@ -183,7 +194,7 @@ struct Matmul {
     b_transposed: bool,
 }
 
-impl<B: Kernels> Backward<B, 2> for Matmul {
+impl<B: Backend> Backward<B, 2> for Matmul {
     type State = (FloatTensor<B>, FloatTensor<B>); // a [m, k], b [k, n]
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
@@ -206,7 +217,7 @@ impl<B: Kernels> Backward<B, 2> for Matmul {
 #[derive(Debug)]
 struct Linear;
 
-impl<B: Kernels> Backward<B, 3> for Linear {
+impl<B: Backend> Backward<B, 3> for Linear {
     type State = (FloatTensor<B>, FloatTensor<B>); // x [m, k], w [k, n]
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
@@ -230,22 +241,28 @@ struct CausalAttention {
     n_heads: usize,
 }
 
-impl<B: Kernels> Backward<B, 3> for CausalAttention {
+impl<B: Backend> Backward<B, 3> for CausalAttention {
     // q, k, v [batch·seq, d_model], weights [batch, heads, seq, seq]
     type State = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, FloatTensor<B>);
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let (q, k, v, weights) = ops.state;
         let dcontext = grads.consume::<B>(&ops.node);
-        let (dq, dk, dv) =
-            B::causal_attention_backward(tensor(q), tensor(k), tensor(v), tensor(weights), tensor(dcontext), self.n_heads);
+        let (dq, dk, dv) = B::causal_attention_backward(
+            tensor(q),
+            tensor(k),
+            tensor(v),
+            tensor(weights),
+            tensor(dcontext),
+            self.n_heads,
+        );
         register::<B, 3>(grads, ops.parents.map(|p| p.map(|p| p.id)), [float(dq), float(dk), float(dv)]);
     }
 }
 
 /// Registers each input's gradient, for the inputs that want one (`ids`:
 /// the parents' node ids, `None` for an input that needs no gradient).
-fn register<B: Kernels, const N: usize>(
+fn register<B: Backend, const N: usize>(
     grads: &mut Gradients,
     ids: [Option<NodeId>; N],
     input_grads: [FloatTensor<B>; N],
@@ -258,11 +275,11 @@ fn register<B: Kernels, const N: usize>(
 }
 
 /// A float primitive as a tensor of rank `D`.
-fn tensor<B: Kernels, const D: usize>(primitive: FloatTensor<B>) -> Tensor<B, D> {
+fn tensor<B: Backend, const D: usize>(primitive: FloatTensor<B>) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(primitive))
 }
 
 /// A tensor's float primitive.
-fn float<B: Kernels, const D: usize>(t: Tensor<B, D>) -> FloatTensor<B> {
+fn float<B: Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<B> {
     t.into_primitive().tensor()
 }

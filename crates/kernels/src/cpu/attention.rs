@@ -17,9 +17,10 @@ use std::ops::Range;
 use burn::tensor::Tensor;
 use rayon::prelude::*;
 
-use super::cpu::{simd, softmax_row, softmax_row_backward};
 use super::host::{HostCopy, read, to_device};
 use super::matmul::{MatRef, matmul_into};
+use super::rows::{softmax_row, softmax_row_backward};
+use super::simd::simd;
 
 /// Query rows go through the products in blocks of this many. Block
 /// `r0..r1` can only see keys `0..r1`, so its products stop there: the
@@ -35,7 +36,7 @@ fn blocks(seq: usize) -> impl Iterator<Item = Range<usize>> {
 }
 
 /// `q, k, v [batch·seq, d_model]` → `(context [batch·seq, d_model],
-/// weights [batch, heads, seq, seq])`; see `Kernels::causal_attention`.
+/// weights [batch, heads, seq, seq])`; see `Backend::causal_attention`.
 pub fn causal_attention<B: HostCopy>(
     q: Tensor<B, 2>,
     k: Tensor<B, 2>,
@@ -89,7 +90,7 @@ pub fn causal_attention<B: HostCopy>(
 }
 
 /// `(dq, dk, dv)`, each `[batch·seq, d_model]`; see the formulas at
-/// `Kernels::causal_attention_backward`. The products skip the masked
+/// `Backend::causal_attention_backward`. The products skip the masked
 /// triangle block by block, like the forward pass.
 pub fn causal_attention_backward<B: HostCopy>(
     q: Tensor<B, 2>,

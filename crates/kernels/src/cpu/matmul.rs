@@ -1,4 +1,4 @@
-//! Matrix products on host memory, through the `gemm` crate.
+//! Matrix products on host memory, through the `gemm-f32` crate.
 //!
 //! [`MatRef`] is a view of a matrix inside a buffer, described by two
 //! strides, so a transpose or one head's columns of a wider matrix cost
@@ -13,8 +13,8 @@ use std::ops::Range;
 use burn::tensor::Tensor;
 use rayon::prelude::*;
 
-use super::cpu::{MIN_PER_TASK, simd};
 use super::host::{HostCopy, read, to_device};
+use super::simd::{MIN_PER_TASK, simd};
 
 /// A read-only matrix inside a buffer: element `(i, j)` is
 /// `data[i * row_stride + j * col_stride]`.
@@ -177,52 +177,83 @@ mod openblas {
         // (`MatRef::new`); the caller vouches for `out`.
         unsafe {
             let beta = if accumulate { 1.0 } else { 0.0 };
-            cblas_sgemm(ROW_MAJOR, trans_a, trans_b, m, n, k, 1.0, a.data.as_ptr(), lda, b.data.as_ptr(), ldb, beta, out, n);
+            cblas_sgemm(
+                ROW_MAJOR,
+                trans_a,
+                trans_b,
+                m,
+                n,
+                k,
+                1.0,
+                a.data.as_ptr(),
+                lda,
+                b.data.as_ptr(),
+                ldb,
+                beta,
+                out,
+                n,
+            );
         }
     }
 }
 
-/// `out = scale · a · b` through the `gemm` crate, writing every element of
-/// the `a.rows × b.cols` output and reading none (`read_dst = false`: its
-/// old contents are never read, not even multiplied by zero); with
+/// `out = scale · a · b` through `gemm-f32`, writing every element of the
+/// `a.rows × b.cols` output and reading none (`read_dst = false`: its old
+/// contents are never read, not even multiplied by zero); with
 /// `accumulate`, `out += scale · a · b` instead.
+///
+/// `gemm-f32` is the f32 half of the `gemm` crate (the one burn's flex
+/// backend multiplies with), called without the crate's front door, which
+/// would also compile its complex and f64 kernels into every binary. What
+/// the front door adds for a row-major output is one rule, kept here:
+/// gemm's kernels prefer a column-major destination, so for rows longer
+/// than one element it computes outᵀ = bᵀ·aᵀ instead (the same memory,
+/// read with swapped strides, and the same arithmetic as before the move).
 ///
 /// SAFETY: `out` must be valid for writes at `i * out_stride + j` for every
 /// row i and column j of the result (and initialised there, with
 /// `accumulate`), and overlap neither input.
-unsafe fn gemm_to(out: *mut f32, out_stride: usize, a: MatRef, b: MatRef, scale: f32, accumulate: bool, threaded: bool) {
+unsafe fn gemm_to(
+    out: *mut f32,
+    out_stride: usize,
+    a: MatRef,
+    b: MatRef,
+    scale: f32,
+    accumulate: bool,
+    threaded: bool,
+) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(b.rows, k, "matmul: inner dimensions differ");
     if m == 0 || n == 0 {
         return;
     }
+    let parallelism = match threaded {
+        true => gemm_common::Parallelism::Rayon(rayon::current_num_threads()),
+        false => gemm_common::Parallelism::None,
+    };
+    let beta = if accumulate { 1.0 } else { 0.0 }; // out = beta · out + scale · a·b
+    let stride = |s: usize| s as isize;
+    let gemm = gemm_f32::gemm::f32::get_gemm_fn();
     // SAFETY: the views' own checks (`MatRef::new`) keep every index the
     // product reads inside its buffer; the caller vouches for `out`.
+    // Arguments: sizes, then (pointer, column stride, row stride) of the
+    // output, the left and the right operand.
     unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            out,
-            1,
-            out_stride as isize,
-            accumulate,
-            a.data.as_ptr(),
-            a.col_stride as isize,
-            a.row_stride as isize,
-            b.data.as_ptr(),
-            b.col_stride as isize,
-            b.row_stride as isize,
-            if accumulate { 1.0 } else { 0.0 }, // out = this · out + scale · a·b
-            scale,
-            false,
-            false,
-            false,
-            match threaded {
-                true => gemm::Parallelism::Rayon(rayon::current_num_threads()),
-                false => gemm::Parallelism::None,
-            },
-        );
+        if out_stride > 1 {
+            // outᵀ [n, m] = bᵀ [n, k] · aᵀ [k, m]
+            let (bt, at) = (b.t(), a.t());
+            #[rustfmt::skip]
+            gemm(n, m, k, out, stride(out_stride), 1, accumulate,
+                bt.data.as_ptr(), stride(bt.col_stride), stride(bt.row_stride),
+                at.data.as_ptr(), stride(at.col_stride), stride(at.row_stride),
+                beta, scale, false, false, false, parallelism);
+        } else {
+            #[rustfmt::skip]
+            gemm(m, n, k, out, 1, stride(out_stride), accumulate,
+                a.data.as_ptr(), stride(a.col_stride), stride(a.row_stride),
+                b.data.as_ptr(), stride(b.col_stride), stride(b.row_stride),
+                beta, scale, false, false, false, parallelism);
+        }
     }
 }
 

@@ -1,16 +1,17 @@
 //! Supervised fine-tuning as a `Task`: masked loss on padded conversations,
-//! and answer accuracy on held-out questions.
+//! and answer accuracy on held-out questions. The LoRA stage runs this task
+//! too, on a model whose base weights are frozen.
 
 use burn::tensor::{Tensor, TensorData};
-use model::Backend;
-use data::chat::{Message, render_chatml};
-use data::sft::{SftBatch, SftDataset, SftExample, collate};
-use data::tokenizer::IM_END;
 use data::Tokenizer;
+use data::sft::{SftBatch, SftDataset, SftExample, collate};
+use kernels::Backend;
+use model::Gpt;
+use model::gpt::int_tensor;
 use model::loss::masked_cross_entropy;
-use model::{Gpt, Sampling, generate};
 
-use crate::task::{Task, int_tensor};
+use crate::task::Task;
+use crate::tasks::eval::answer_accuracy;
 
 pub struct SftTask {
     pub train: SftDataset,
@@ -39,37 +40,7 @@ pub fn sft_loss<B: Backend>(model: &Gpt<B>, batch: &SftBatch, device: &B::Device
     let inputs = int_tensor::<B>(&batch.inputs, b, t, device);
     let targets = int_tensor::<B>(&batch.targets, b, t, device).reshape([b * t]);
     let mask = Tensor::<B, 1>::from_data(TensorData::new(batch.mask.clone(), [b * t]), device);
-    masked_cross_entropy(model.forward_rows(inputs), targets, mask) // logits [b·t, vocab]
-}
-
-/// The greedy reply of `model` to a conversation's prompt (all turns but the
-/// last assistant one), stopping at `<|im_end|>`.
-pub fn reply<B: Backend>(model: &Gpt<B>, tokenizer: &Tokenizer, history: &[Message], max_tokens: usize) -> String {
-    let mut prompt = tokenizer.encode(&render_chatml(history, true));
-    // Keep the end of an over-long prompt: the question is there.
-    let room = model.context_length().saturating_sub(max_tokens).max(1);
-    if prompt.len() > room {
-        prompt.drain(..prompt.len() - room);
-    }
-    let im_end = tokenizer.token_id(IM_END);
-    let mut ids = generate(model, &prompt, max_tokens, &Sampling::greedy(), im_end, true, &mut || 0.0, &mut |_| true);
-    if ids.last().copied() == im_end {
-        ids.pop();
-    }
-    tokenizer.decode(&ids)
-}
-
-/// Share of questions whose greedy reply contains the expected answer.
-pub fn answer_accuracy<B: Backend>(model: &Gpt<B>, tokenizer: &Tokenizer, questions: &[SftExample], max_tokens: usize) -> f64 {
-    let correct = questions
-        .iter()
-        .filter(|q| {
-            let answer = q.answer.as_deref().expect("evaluation questions carry an answer");
-            let history = &q.messages[..q.messages.len() - 1];
-            reply(model, tokenizer, history, max_tokens).contains(answer)
-        })
-        .count();
-    correct as f64 / questions.len().max(1) as f64
+    masked_cross_entropy(model.forward(inputs, None), targets, mask) // logits [b·t, vocab]
 }
 
 impl Task for SftTask {
@@ -96,10 +67,16 @@ impl Task for SftTask {
     fn evaluate<B: Backend>(&mut self, model: &Gpt<B>, _device: &B::Device) -> Vec<(String, f64)> {
         let mut out = Vec::new();
         if !self.task_questions.is_empty() {
-            out.push(("task_accuracy".into(), answer_accuracy(model, &self.tokenizer, &self.task_questions, self.max_answer_tokens)));
+            out.push((
+                "task_accuracy".into(),
+                answer_accuracy(model, &self.tokenizer, &self.task_questions, self.max_answer_tokens),
+            ));
         }
         if !self.questions.is_empty() {
-            out.push(("answer_accuracy".into(), answer_accuracy(model, &self.tokenizer, &self.questions, self.max_answer_tokens)));
+            out.push((
+                "answer_accuracy".into(),
+                answer_accuracy(model, &self.tokenizer, &self.questions, self.max_answer_tokens),
+            ));
         }
         out
     }
@@ -111,40 +88,84 @@ mod tests {
     use std::sync::atomic::AtomicBool;
 
     use burn::module::AutodiffModule;
-    use data::chat::{Role, tokenize_conversation};
-    use model::{CpuTrain, GptConfig};
+    use data::chat::{Message, Role, tokenize_conversation};
+    use kernels::{Cpu, CpuTrain};
+    use model::GptConfig;
 
     use super::*;
     use crate::TrainArgs;
+    use crate::tasks::eval::reply;
 
     fn example(tok: &Tokenizer, q: &str, a: &str) -> SftExample {
         let messages = vec![Message::new(Role::User, q), Message::new(Role::Assistant, a)];
         let (ids, supervised) = tokenize_conversation(tok, &messages);
-        SftExample { messages, ids, supervised, answer: Some(a.split(' ').next_back().unwrap().trim_end_matches('.').to_string()) }
+        SftExample {
+            messages,
+            ids,
+            supervised,
+            answer: Some(a.split(' ').next_back().unwrap().trim_end_matches('.').to_string()),
+        }
     }
 
     #[test]
     fn sft_on_a_handful_of_conversations_drives_their_loss_near_zero() {
-        let qa = [("What is 2 plus 3?", "2 plus 3 is 5."), ("Where does Mira live?", "Mira lives in Osk."), ("What river is Varnel beside?", "Varnel is beside the Tesk."), ("How old is Toma?", "Toma is 41.")];
+        let qa = [
+            ("What is 2 plus 3?", "2 plus 3 is 5."),
+            ("Where does Mira live?", "Mira lives in Osk."),
+            ("What river is Varnel beside?", "Varnel is beside the Tesk."),
+            ("How old is Toma?", "Toma is 41."),
+        ];
         let corpus: Vec<String> = qa.iter().flat_map(|(q, a)| [q.to_string(), a.to_string()]).collect();
         let tok = Tokenizer::train(corpus.iter().cycle().take(80).cloned(), 300).unwrap();
         let examples: Vec<SftExample> = qa.iter().map(|(q, a)| example(&tok, q, a)).collect();
         let set = SftDataset { examples: examples.clone(), dropped_truncated: 0, skipped_bad: 0 };
         let pad = tok.token_id(data::tokenizer::PAD).unwrap();
-        let mut task = SftTask { train: set.clone(), val: set, questions: examples, task_questions: Vec::new(), tokenizer: tok.clone(), pad_id: pad, max_answer_tokens: 12 };
+        let mut task = SftTask {
+            train: set.clone(),
+            val: set,
+            questions: examples,
+            task_questions: Vec::new(),
+            tokenizer: tok.clone(),
+            pad_id: pad,
+            max_answer_tokens: 12,
+        };
 
         let out = std::env::temp_dir().join(format!("minigpt-sft-run-{}", std::process::id()));
         std::fs::remove_dir_all(&out).ok();
-        let flags = ["--out", out.to_str().unwrap(), "--batch-size", "4", "--max-steps", "150", "--lr", "3e-3", "--warmup-steps", "5", "--eval-interval", "150", "--weight-decay", "0"];
+        let flags = [
+            "--out",
+            out.to_str().unwrap(),
+            "--batch-size",
+            "4",
+            "--max-steps",
+            "150",
+            "--lr",
+            "3e-3",
+            "--warmup-steps",
+            "5",
+            "--eval-interval",
+            "150",
+            "--weight-decay",
+            "0",
+        ];
         let args = TrainArgs::from_flags(&flags);
-        let cfg = GptConfig::tiny(tok.vocab_size()).with_d_model(64).with_n_layers(2).with_context_length(64).with_dropout(0.0);
+        let cfg = GptConfig::tiny(tok.vocab_size())
+            .with_d_model(64)
+            .with_n_layers(2)
+            .with_context_length(64)
+            .with_dropout(0.0);
         let model = Gpt::<CpuTrain>::new(&cfg, &Default::default());
-        let outcome = crate::train(model, &mut task, &args, &Default::default(), Arc::new(AtomicBool::new(false)), "t").unwrap();
+        let outcome =
+            crate::train(model, &mut task, &args, &Default::default(), Arc::new(AtomicBool::new(false)), "t").unwrap();
 
         let val = outcome.log.curve("val");
         assert!(val[0].1 > 4.0, "starts near ln(vocab): {:?}", val);
         assert!(val.last().unwrap().1 < 0.1, "masked loss should approach zero: {:?}", val);
-        let acc = |i: usize| outcome.log.events.iter().filter(|e| e.split == "val").nth(i).unwrap().extra["answer_accuracy"].as_f64().unwrap();
+        let acc = |i: usize| {
+            outcome.log.events.iter().filter(|e| e.split == "val").nth(i).unwrap().extra["answer_accuracy"]
+                .as_f64()
+                .unwrap()
+        };
         assert_eq!(acc(0), 0.0);
         assert_eq!(acc(1), 1.0, "every memorised answer is reproduced by greedy decoding");
         let valid = outcome.model.valid();
@@ -154,10 +175,11 @@ mod tests {
 
     #[test]
     fn padding_never_changes_the_loss() {
-        let tok = Tokenizer::train(["What is 2 plus 3? 2 plus 3 is 5.".to_string()].into_iter().cycle().take(20), 280).unwrap();
+        let tok = Tokenizer::train(["What is 2 plus 3? 2 plus 3 is 5.".to_string()].into_iter().cycle().take(20), 280)
+            .unwrap();
         let short = example(&tok, "What is 2?", "2.");
         let long = example(&tok, "What is 2 plus 3 plus 3?", "2 plus 3 plus 3 is 8.");
-        let model = Gpt::<model::Cpu>::new(&GptConfig::tiny(tok.vocab_size()).with_context_length(64), &Default::default());
+        let model = Gpt::<Cpu>::new(&GptConfig::tiny(tok.vocab_size()).with_context_length(64), &Default::default());
         let device = Default::default();
         let pad = tok.token_id(data::tokenizer::PAD).unwrap();
         // `short` is padded to `long`'s length. Whatever token fills the pad

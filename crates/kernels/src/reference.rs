@@ -1,10 +1,9 @@
 //! The kernels written as ordinary tensor operations: the formulas of the
-//! table in [`super`], one line each. They run on any backend (the CUDA one
-//! uses them), and the tests check the fused CPU loops against them.
+//! table in the crate's documentation, one line each. They run on any
+//! backend (the CUDA one uses them), and the tests hold every other
+//! implementation to them. (The AdamW formula is in [`crate::adamw`].)
 
-use burn::tensor::{IndexingUpdateOp, Int, Tensor, backend::Backend};
-
-use crate::attention::causal_mask;
+use burn::tensor::{Bool, IndexingUpdateOp, Int, Tensor, backend::Backend};
 
 /// Softmax of each row, `[rows, cols]`. Subtracting the row max first keeps
 /// exp from overflowing; it cancels in the ratio.
@@ -43,7 +42,10 @@ pub fn gelu_tanh_backward<B: Backend>(x: Tensor<B, 2>, dy: Tensor<B, 2>) -> Tens
 }
 
 /// `(nll [rows], logsumexp [rows])` of `logits [rows, vocab]` against `targets [rows]`.
-pub fn cross_entropy_rows<B: Backend>(logits: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> (Tensor<B, 1>, Tensor<B, 1>) {
+pub fn cross_entropy_rows<B: Backend>(
+    logits: Tensor<B, 2>,
+    targets: Tensor<B, 1, Int>,
+) -> (Tensor<B, 1>, Tensor<B, 1>) {
     let [rows, _vocab] = logits.dims();
     let max = logits.clone().max_dim(1); // [rows, 1]
     let lse = (logits.clone() - max.clone()).exp().sum_dim(1).log() + max; // [rows, 1]
@@ -82,7 +84,7 @@ pub fn layer_norm_rows<B: Backend>(
     (y, mean.reshape([rows]), rstd.reshape([rows]))
 }
 
-/// `(dx, dgamma, dbeta)`; see the table in [`super`].
+/// `(dx, dgamma, dbeta)`; see the table in the crate's documentation.
 pub fn layer_norm_rows_backward<B: Backend>(
     x: Tensor<B, 2>,
     gamma: Tensor<B, 1>,
@@ -168,13 +170,14 @@ pub fn causal_attention<B: Backend>(
     let split = |t| split_heads(t, batch, n_heads);
     let (q, k, v) = (split(q), split(k), split(v));
     let scores = q.matmul(k.swap_dims(2, 3)) * scale; // [b, h, s, hd] · [b, h, hd, s] → [b, h, s, s]
-    let future = causal_mask::<B>(seq, seq, &scores.device()); // [1, 1, s, s]
+    // [s, s] → [1, 1, s, s]: true above the diagonal, where key j is in query i's future.
+    let future = Tensor::<B, 2, Bool>::tril_mask([seq, seq], 0, &scores.device()).reshape([1, 1, seq, seq]);
     let scores = scores.mask_fill(future, f32::NEG_INFINITY);
     let weights = softmax_rows(scores.reshape([batch * n_heads * seq, seq])).reshape([batch, n_heads, seq, seq]);
     (merge_heads(weights.clone().matmul(v)), weights) // [b, h, s, s] · [b, h, s, hd] → [b, h, s, hd]
 }
 
-/// `(dq, dk, dv)`; see the table in [`super`].
+/// `(dq, dk, dv)`; see the table in the crate's documentation.
 pub fn causal_attention_backward<B: Backend>(
     q: Tensor<B, 2>,
     k: Tensor<B, 2>,

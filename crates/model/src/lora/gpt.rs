@@ -1,0 +1,153 @@
+//! LoRA on a whole GPT: attach adapters to the chosen layers of every
+//! block, read them out and put them back (how an adapter is saved alone),
+//! and fold them into the weights.
+
+use burn::module::Module;
+use kernels::Backend;
+
+use crate::gpt::Gpt;
+use crate::lora::layer::{LoraAdapter, LoraConfig, LoraLinear, LoraTarget};
+
+impl<B: Backend> Gpt<B> {
+    /// The wrapped layers of every block, in a fixed order (block by block,
+    /// then q, k, v, out, fc, proj), with their target kind.
+    fn lora_layers_mut(&mut self) -> Vec<(LoraTarget, &mut LoraLinear<B>)> {
+        let mut layers = Vec::new();
+        for block in &mut self.blocks {
+            let attention = &mut block.attention;
+            layers.push((LoraTarget::Q, &mut attention.query));
+            layers.push((LoraTarget::K, &mut attention.key));
+            layers.push((LoraTarget::V, &mut attention.value));
+            layers.push((LoraTarget::Out, &mut attention.out_proj));
+            layers.push((LoraTarget::Fc, &mut block.mlp.fc));
+            layers.push((LoraTarget::Proj, &mut block.mlp.proj));
+        }
+        layers
+    }
+
+    /// Freezes every base weight and attaches fresh adapters to the targets.
+    /// Only the adapters receive gradients afterwards.
+    pub fn with_lora(self, cfg: &LoraConfig, device: &B::Device) -> Self {
+        let mut model = self.no_grad();
+        for (target, layer) in model.lora_layers_mut() {
+            if cfg.targets.contains(&target) {
+                let plain = std::mem::replace(layer, LoraLinear { base: layer.base.clone(), adapter: None });
+                *layer = plain.attach(cfg, device);
+            }
+        }
+        model
+    }
+
+    /// The adapters, in the fixed order of `lora_layers_mut`.
+    pub fn lora_adapters(&self) -> Vec<LoraAdapter<B>> {
+        let mut model = self.clone();
+        model.lora_layers_mut().into_iter().filter_map(|(_, layer)| layer.adapter.clone()).collect()
+    }
+
+    /// Replaces the adapters (from `lora_adapters` of a model with the same
+    /// LoRA config) — how a saved adapter is put back on its base model.
+    pub fn load_lora_adapters(mut self, adapters: Vec<LoraAdapter<B>>) -> Self {
+        let mut adapters = adapters.into_iter();
+        for (_, layer) in self.lora_layers_mut() {
+            if layer.adapter.is_some() {
+                layer.adapter = Some(adapters.next().expect("as many adapters as wrapped layers"));
+            }
+        }
+        assert!(adapters.next().is_none(), "more adapters than wrapped layers");
+        self
+    }
+
+    /// Folds every adapter into its base weight: a plain model again.
+    pub fn merge_lora(mut self) -> Self {
+        for (_, layer) in self.lora_layers_mut() {
+            let wrapped = std::mem::replace(layer, LoraLinear { base: layer.base.clone(), adapter: None });
+            *layer = wrapped.merge();
+        }
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::module::AutodiffModule;
+    use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+    use burn::tensor::{Int, TensorData, Tolerance};
+
+    use burn::tensor::Tensor;
+    use kernels::{Backend, Cpu, CpuTrain};
+
+    use super::*;
+    use crate::config::GptConfig;
+    use crate::lora::layer::LoraTarget;
+    use crate::params::count_params;
+
+    fn cfg(targets: &[LoraTarget]) -> LoraConfig {
+        LoraConfig { rank: 4, alpha: 8.0, dropout: 0.0, targets: targets.to_vec() }
+    }
+
+    fn tokens<B: Backend>() -> Tensor<B, 2, Int> {
+        Tensor::from_data(
+            TensorData::new((0..16).map(|i| (i * 7) % 50).collect::<Vec<i64>>(), [2, 8]),
+            &Default::default(),
+        )
+    }
+
+    fn base() -> Gpt<CpuTrain> {
+        Gpt::new(
+            &GptConfig::tiny(50).with_d_model(32).with_n_layers(2).with_context_length(16).with_dropout(0.0),
+            &Default::default(),
+        )
+    }
+
+    #[test]
+    fn at_initialisation_the_wrapped_model_equals_the_base_exactly() {
+        let model = base();
+        let wrapped =
+            model.clone().with_lora(&cfg(&[LoraTarget::Q, LoraTarget::V, LoraTarget::Fc]), &Default::default());
+        model.forward(tokens(), None).into_data().assert_eq(&wrapped.forward(tokens(), None).into_data(), true);
+    }
+
+    #[test]
+    fn trainable_count_is_the_closed_form() {
+        let d = 32;
+        let r = 4;
+        let model = base().with_lora(&cfg(&[LoraTarget::Q, LoraTarget::V]), &Default::default());
+        // Two square d×d matrices per block, 2 blocks: 2·r·d each.
+        assert_eq!(count_params(&model).trainable, 2 * 2 * (2 * r * d));
+        let mlp = base().with_lora(&cfg(&[LoraTarget::Fc, LoraTarget::Proj]), &Default::default());
+        // fc is d×4d and proj 4d×d: r·(d_in + d_out) each.
+        assert_eq!(count_params(&mlp).trainable, 2 * (r * (d + 4 * d) + r * (4 * d + d)));
+    }
+
+    #[test]
+    fn training_changes_only_adapters_and_merged_equals_unmerged() {
+        let device = Default::default();
+        let start = base();
+        let mut model = start.clone().with_lora(&cfg(&[LoraTarget::Q, LoraTarget::V, LoraTarget::Out]), &device);
+        let mut optim = AdamWConfig::new().init();
+        for _ in 0..5 {
+            let loss = model.loss(tokens(), tokens());
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optim.step(1e-2, model, grads);
+        }
+        // Base weights are bit-for-bit what they were; adapters moved.
+        let w = |m: &Gpt<CpuTrain>| m.blocks[0].attention.query.weight.val().into_data();
+        w(&model).assert_eq(&w(&start), true);
+        start.token_emb.weight.val().into_data().assert_eq(&model.token_emb.weight.val().into_data(), true);
+        let b = model.lora_adapters()[0].b.val().into_data().to_vec::<f32>().unwrap();
+        assert!(b.iter().any(|&x| x != 0.0), "B left zero: the adapter did not train");
+
+        let unmerged: Gpt<Cpu> = model.valid();
+        let merged = unmerged.clone().merge_lora();
+        assert!(merged.lora_adapters().is_empty());
+        unmerged
+            .forward(tokens(), None)
+            .into_data()
+            .assert_approx_eq::<f32>(&merged.forward(tokens(), None).into_data(), Tolerance::absolute(1e-5));
+
+        // Adapters move to a fresh wrapping of the same base and give the same model.
+        let fresh = start.valid().with_lora(&cfg(&[LoraTarget::Q, LoraTarget::V, LoraTarget::Out]), &device);
+        let moved = fresh.load_lora_adapters(unmerged.lora_adapters());
+        moved.forward(tokens(), None).into_data().assert_eq(&unmerged.forward(tokens(), None).into_data(), true);
+    }
+}

@@ -1,0 +1,399 @@
+//! DPO (direct preference optimisation) as a `Task`: the policy learns
+//! from pairs of a preferred and a rejected answer, measured against a
+//! frozen reference model. The loss first, then the task.
+//!
+//! The "implicit reward" of an answer y is how much more likely the policy
+//! makes it than the frozen reference model does, scaled by β:
+//! `r(y) = β · (log π(y) - log π_ref(y))`. DPO raises r(chosen) - r(rejected)
+//! through `-log σ(r(chosen) - r(rejected))`. Measuring against the reference
+//! (not raw likelihoods) keeps the policy from drifting far from the model it
+//! started as: β sets how hard that leash pulls.
+//!
+//! The reference lives on the inner (non-autodiff) backend: no graph is ever
+//! built for it, so it cannot receive gradients, and its log-probabilities
+//! reach the loss as plain numbers. They can be computed once up front
+//! (`precompute_reference`: half the forward passes per step) or per batch.
+
+use burn::tensor::activation::log_sigmoid;
+use burn::tensor::{Bool, Int, Tensor, TensorData};
+use data::Tokenizer;
+use data::dpo::{DpoDataset, DpoPair, collate_pairs};
+use data::sft::{SftBatch, SftExample};
+use kernels::Backend;
+use model::Gpt;
+use model::gpt::int_tensor;
+use model::loss::token_nll;
+
+use crate::task::Task;
+use crate::tasks::eval::answer_accuracy;
+
+/// Sum of the log-probabilities of the masked target tokens, per row:
+/// logits `[rows·seq, vocab]` (as the model returns them), targets
+/// `[rows, seq]`, mask `[rows, seq]` → `[rows]`. With the SFT mask this is
+/// log π(answer | prompt).
+pub fn sequence_log_probs<B: Backend>(
+    logits: Tensor<B, 2>,
+    targets: Tensor<B, 2, Int>,
+    mask: Tensor<B, 2>,
+) -> Tensor<B, 1> {
+    let [rows, seq] = targets.dims();
+    // log softmax(z)[y] = −(cross-entropy of y): the fused kernel, one row per position.
+    let nll = token_nll(logits, targets.reshape([rows * seq])); // [rows·seq]
+    (nll.neg().reshape([rows, seq]) * mask).sum_dim(1).reshape([rows])
+}
+
+/// The loss and the numbers worth watching, per batch.
+pub struct DpoOutput<B: Backend> {
+    /// Mean loss `[1]`.
+    pub loss: Tensor<B, 1>,
+    /// β·(log π - log π_ref) of each chosen answer `[pairs]`.
+    pub chosen_rewards: Tensor<B, 1>,
+    /// The same for each rejected answer `[pairs]`.
+    pub rejected_rewards: Tensor<B, 1>,
+}
+
+/// Sigmoid DPO loss. All inputs `[pairs]`: log-probabilities of the chosen
+/// and rejected answers under the policy and the reference.
+/// `label_smoothing` ε assumes each label is wrong with probability ε
+/// (conservative DPO): the loss becomes `-(1-ε)·log σ(z) - ε·log σ(-z)`.
+pub fn dpo_loss<B: Backend>(
+    policy_chosen: Tensor<B, 1>,
+    policy_rejected: Tensor<B, 1>,
+    ref_chosen: Tensor<B, 1>,
+    ref_rejected: Tensor<B, 1>,
+    beta: f64,
+    label_smoothing: f64,
+) -> DpoOutput<B> {
+    let chosen_rewards = (policy_chosen - ref_chosen) * beta;
+    let rejected_rewards = (policy_rejected - ref_rejected) * beta;
+    let margin = chosen_rewards.clone() - rejected_rewards.clone(); // z
+    let loss =
+        log_sigmoid(margin.clone()).neg() * (1.0 - label_smoothing) - log_sigmoid(margin.neg()) * label_smoothing;
+    DpoOutput {
+        loss: loss.mean(),
+        chosen_rewards: chosen_rewards.detach(),
+        rejected_rewards: rejected_rewards.detach(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The task
+// ---------------------------------------------------------------------------
+
+/// Pairs as one padded batch (chosen rows, then rejected rows) with the
+/// reference's log-probabilities of each answer.
+pub struct DpoBatch {
+    pub rows: SftBatch,
+    pub ref_chosen: Vec<f32>,
+    pub ref_rejected: Vec<f32>,
+}
+
+pub struct DpoTask<R: Backend> {
+    pub train: DpoDataset,
+    pub val: DpoDataset,
+    /// The frozen starting model.
+    pub reference: Gpt<R>,
+    pub device: R::Device,
+    pub beta: f64,
+    pub label_smoothing: f64,
+    pub pad_id: u32,
+    /// SFT questions scored at evaluations, to see what preference training cost.
+    pub questions: Vec<SftExample>,
+    pub tokenizer: Tokenizer,
+    pub max_answer_tokens: usize,
+    /// The reference's log-probabilities of every pair, once
+    /// `precompute_reference` has run (None: the reference scores each batch).
+    pub reference_scores: Option<ReferenceScores>,
+}
+
+/// (chosen, rejected) log-probabilities under the reference, per pair.
+pub struct ReferenceScores {
+    pub train: Vec<(f32, f32)>,
+    pub val: Vec<(f32, f32)>,
+}
+
+/// log π(answer | prompt) of each row of a padded batch → `[rows]`.
+pub fn answer_log_probs<B: Backend>(model: &Gpt<B>, rows: &SftBatch, device: &B::Device) -> Tensor<B, 1> {
+    let [n, t] = [rows.batch_size, rows.seq_len];
+    let inputs = int_tensor::<B>(&rows.inputs, n, t, device);
+    let targets = int_tensor::<B>(&rows.targets, n, t, device);
+    let mask = Tensor::<B, 2>::from_data(TensorData::new(rows.mask.clone(), [n, t]), device);
+    sequence_log_probs(model.forward(inputs, None), targets, mask) // logits [n·t, vocab]
+}
+
+impl<R: Backend> DpoTask<R> {
+    /// Scores every training and held-out pair with the reference once.
+    pub fn precompute_reference(&mut self, batch_size: usize) {
+        let score = |set: &DpoDataset| {
+            let mut cache = Vec::with_capacity(set.pairs.len());
+            for chunk in set.pairs.chunks(batch_size) {
+                let refs: Vec<&DpoPair> = chunk.iter().collect();
+                let (c, r) = self.reference_log_probs(&collate_pairs(&refs, self.pad_id));
+                cache.extend(c.into_iter().zip(r));
+            }
+            cache
+        };
+        self.reference_scores = Some(ReferenceScores { train: score(&self.train), val: score(&self.val) });
+    }
+
+    fn reference_log_probs(&self, rows: &SftBatch) -> (Vec<f32>, Vec<f32>) {
+        let lp: Vec<f32> =
+            answer_log_probs(&self.reference, rows, &self.device).into_data().convert::<f32>().to_vec().expect("f32");
+        let n = lp.len() / 2;
+        (lp[..n].to_vec(), lp[n..].to_vec())
+    }
+
+    fn batch(&self, set: &DpoDataset, indices: &[usize], cache: Option<&Vec<(f32, f32)>>) -> DpoBatch {
+        let pairs: Vec<&DpoPair> = indices.iter().map(|&i| &set.pairs[i]).collect();
+        let rows = collate_pairs(&pairs, self.pad_id);
+        let (ref_chosen, ref_rejected) = match cache {
+            Some(cache) => indices.iter().map(|&i| cache[i]).unzip(),
+            None => self.reference_log_probs(&rows),
+        };
+        DpoBatch { rows, ref_chosen, ref_rejected }
+    }
+
+    /// Policy log-probs and the DPO output for a batch.
+    fn forward<B: Backend>(&self, model: &Gpt<B>, batch: &DpoBatch, device: &B::Device) -> DpoOutput<B> {
+        let n = batch.ref_chosen.len();
+        let policy = answer_log_probs(model, &batch.rows, device); // [2n]: chosen rows, then rejected
+        let host = |v: &Vec<f32>| Tensor::<B, 1>::from_data(TensorData::new(v.clone(), [n]), device);
+        dpo_loss(
+            policy.clone().narrow(0, 0, n),
+            policy.narrow(0, n, n),
+            host(&batch.ref_chosen),
+            host(&batch.ref_rejected),
+            self.beta,
+            self.label_smoothing,
+        )
+    }
+}
+
+/// Mean reward accuracy (chosen reward > rejected reward) and margin, `[1]` each.
+fn reward_stats<B: Backend>(chosen: Tensor<B, 1>, rejected: Tensor<B, 1>) -> (Tensor<B, 1>, Tensor<B, 1>) {
+    let wins: Tensor<B, 1, Bool> = chosen.clone().greater(rejected.clone());
+    (wins.float().mean(), (chosen - rejected).mean())
+}
+
+impl<R: Backend> Task for DpoTask<R> {
+    type Batch = DpoBatch;
+
+    fn train_len(&self) -> usize {
+        self.train.pairs.len()
+    }
+    fn train_batch(&self, indices: &[usize]) -> DpoBatch {
+        self.batch(&self.train, indices, self.reference_scores.as_ref().map(|s| &s.train))
+    }
+    fn val_len(&self) -> usize {
+        self.val.pairs.len()
+    }
+    fn val_batch(&self, indices: &[usize]) -> DpoBatch {
+        self.batch(&self.val, indices, self.reference_scores.as_ref().map(|s| &s.val))
+    }
+    fn tokens(&self, batch: &DpoBatch) -> usize {
+        batch.rows.inputs.len()
+    }
+    fn loss<B: Backend>(&self, model: &Gpt<B>, batch: &DpoBatch, device: &B::Device) -> Tensor<B, 1> {
+        self.forward(model, batch, device).loss
+    }
+    fn loss_and_metrics<B: Backend>(
+        &self,
+        model: &Gpt<B>,
+        batch: &DpoBatch,
+        device: &B::Device,
+    ) -> (Tensor<B, 1>, Vec<(&'static str, Tensor<B, 1>)>) {
+        let out = self.forward(model, batch, device);
+        let (accuracy, margin) = reward_stats(out.chosen_rewards.clone(), out.rejected_rewards.clone());
+        let metrics = vec![
+            ("reward_accuracy", accuracy),
+            ("reward_margin", margin),
+            ("chosen_reward", out.chosen_rewards.mean()),
+            ("rejected_reward", out.rejected_rewards.mean()),
+        ];
+        (out.loss, metrics)
+    }
+    /// Reward accuracy and margins on all held-out pairs, and SFT answer accuracy.
+    fn evaluate<B: Backend>(&mut self, model: &Gpt<B>, device: &B::Device) -> Vec<(String, f64)> {
+        let (mut chosen, mut rejected) = (Vec::new(), Vec::new());
+        for start in (0..self.val.pairs.len()).step_by(16) {
+            let indices: Vec<usize> = (start..(start + 16).min(self.val.pairs.len())).collect();
+            let out = self.forward(model, &self.val_batch(&indices), device);
+            chosen.extend(out.chosen_rewards.into_data().convert::<f32>().to_vec::<f32>().expect("f32"));
+            rejected.extend(out.rejected_rewards.into_data().convert::<f32>().to_vec::<f32>().expect("f32"));
+        }
+        let n = chosen.len().max(1) as f64;
+        let wins = chosen.iter().zip(&rejected).filter(|(c, r)| c > r).count() as f64;
+        let mean = |v: &[f32]| v.iter().map(|&x| x as f64).sum::<f64>() / n;
+        let mut out = vec![
+            ("reward_accuracy".to_string(), wins / n),
+            ("reward_margin".to_string(), mean(&chosen) - mean(&rejected)),
+            ("chosen_reward".to_string(), mean(&chosen)),
+            ("rejected_reward".to_string(), mean(&rejected)),
+        ];
+        if !self.questions.is_empty() {
+            out.push((
+                "answer_accuracy".to_string(),
+                answer_accuracy(model, &self.tokenizer, &self.questions, self.max_answer_tokens),
+            ));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+
+    use burn::module::AutodiffModule;
+    use data::chat::{Message, Role, tokenize_conversation};
+    use kernels::{Cpu, CpuTrain};
+    use model::GptConfig;
+
+    use super::*;
+    use crate::TrainArgs;
+
+    fn pair(tok: &Tokenizer, q: &str, good: &str, bad: &str) -> DpoPair {
+        let side = |a: &str| {
+            let messages = vec![Message::new(Role::User, q), Message::new(Role::Assistant, a)];
+            let (ids, supervised) = tokenize_conversation(tok, &messages);
+            SftExample { messages, ids, supervised, answer: None }
+        };
+        DpoPair { chosen: side(good), rejected: side(bad) }
+    }
+
+    #[test]
+    fn a_few_pairs_reach_full_reward_accuracy_and_the_reference_never_changes() {
+        let texts = [
+            ("What is 2 plus 3?", "5.", "6."),
+            ("Where is Osk?", "In the north.", "In the south south."),
+            ("Who is Mira?", "A baker.", "a baker"),
+        ];
+        let docs: Vec<String> =
+            texts.iter().flat_map(|(q, a, b)| [q.to_string(), a.to_string(), b.to_string()]).collect();
+        let tok = Tokenizer::train(docs.iter().cycle().take(60).cloned(), 300).unwrap();
+        let pairs: Vec<DpoPair> = texts.iter().map(|(q, a, b)| pair(&tok, q, a, b)).collect();
+        // The masks cover the answers only, never the shared prompt.
+        let rows = collate_pairs(&[&pairs[0]], 0);
+        let answer: Vec<u32> = rows.targets.iter().zip(&rows.mask).filter(|p| *p.1 > 0.0).map(|p| *p.0).collect();
+        assert_eq!(tok.decode(&answer), "5.<|im_end|>6.<|im_end|>");
+
+        let cfg = GptConfig::tiny(tok.vocab_size())
+            .with_d_model(32)
+            .with_n_layers(2)
+            .with_context_length(32)
+            .with_dropout(0.0);
+        let device = Default::default();
+        let policy = Gpt::<CpuTrain>::new(&cfg, &device);
+        let reference: Gpt<Cpu> = policy.valid(); // a frozen copy of the start
+        let ref_before = reference.token_emb.weight.val().into_data();
+        let set = DpoDataset { pairs, skipped: 0 };
+        let pad = tok.token_id(data::tokenizer::PAD).unwrap();
+        let mut task = DpoTask {
+            train: set.clone(),
+            val: set,
+            reference,
+            device,
+            beta: 0.5,
+            label_smoothing: 0.0,
+            pad_id: pad,
+            questions: Vec::new(),
+            tokenizer: tok,
+            max_answer_tokens: 32,
+            reference_scores: None,
+        };
+        task.precompute_reference(2);
+
+        let out = std::env::temp_dir().join(format!("minigpt-dpo-run-{}", std::process::id()));
+        std::fs::remove_dir_all(&out).ok();
+        let flags = [
+            "--out",
+            out.to_str().unwrap(),
+            "--batch-size",
+            "3",
+            "--max-steps",
+            "30",
+            "--lr",
+            "2e-3",
+            "--eval-interval",
+            "30",
+            "--log-interval",
+            "5",
+        ];
+        let args = TrainArgs::from_flags(&flags);
+        let outcome = crate::train(policy, &mut task, &args, &device, Arc::new(AtomicBool::new(false)), "t").unwrap();
+
+        let vals: Vec<_> = outcome.log.events.iter().filter(|e| e.split == "val").collect();
+        let first_loss = vals[0].loss;
+        assert!(
+            (first_loss - std::f64::consts::LN_2).abs() < 1e-4,
+            "policy = reference at step 0: loss ln 2, got {first_loss}"
+        );
+        assert_eq!(vals.last().unwrap().extra["reward_accuracy"].as_f64(), Some(1.0));
+        assert!(vals.last().unwrap().extra["reward_margin"].as_f64().unwrap() > 0.0);
+        assert!(outcome.log.events.iter().any(|e| e.split == "train" && e.extra.contains_key("reward_accuracy")));
+        task.reference.token_emb.weight.val().into_data().assert_eq(&ref_before, true);
+        std::fs::remove_dir_all(out).ok();
+    }
+
+    fn t<B: Backend>(v: &[f32]) -> Tensor<B, 1> {
+        Tensor::from_floats(v, &Default::default())
+    }
+
+    #[test]
+    fn loss_is_ln2_when_policy_equals_reference() {
+        let lp = t::<Cpu>(&[-3.0, -10.0, -0.5]);
+        let lr = t::<Cpu>(&[-7.0, -2.0, -9.0]);
+        let out = dpo_loss(lp.clone(), lr.clone(), lp, lr, 0.1, 0.0);
+        let loss: f32 = out.loss.into_scalar();
+        assert!((loss - std::f32::consts::LN_2).abs() < 1e-6, "{loss}");
+    }
+
+    #[test]
+    fn rewards_accuracy_and_loss_match_a_hand_computation() {
+        // Pair 1: chosen gained 2 nats over the reference, rejected lost 1.
+        // Pair 2: chosen lost 1, rejected gained 1 (the policy prefers the wrong one).
+        let out = dpo_loss(t::<Cpu>(&[-8.0, -6.0]), t(&[-11.0, -4.0]), t(&[-10.0, -5.0]), t(&[-10.0, -5.0]), 0.5, 0.0);
+        let c = out.chosen_rewards.into_data().to_vec::<f32>().unwrap();
+        let r = out.rejected_rewards.into_data().to_vec::<f32>().unwrap();
+        assert_eq!(c, [1.0, -0.5]);
+        assert_eq!(r, [-0.5, 0.5]);
+        // Margins 1.5 and -1.0; loss = mean of softplus(-z) = ln(1 + e^{-z}).
+        let expected = ((1.0f32 + (-1.5f32).exp()).ln() + (1.0f32 + 1.0f32.exp()).ln()) / 2.0;
+        let loss: f32 = out.loss.into_scalar();
+        assert!((loss - expected).abs() < 1e-6);
+        let accuracy = c.iter().zip(&r).filter(|(c, r)| c > r).count() as f32 / 2.0;
+        assert_eq!(accuracy, 0.5);
+        // Label smoothing 0.5 makes the two directions cost the same: loss = mean(-log σ(z)/2 - log σ(-z)/2).
+        let smoothed: f32 =
+            dpo_loss(t::<Cpu>(&[-8.0]), t(&[-11.0]), t(&[-10.0]), t(&[-10.0]), 0.5, 0.5).loss.into_scalar();
+        let z = 1.5f32;
+        let want = 0.5 * (1.0 + (-z).exp()).ln() + 0.5 * (1.0 + z.exp()).ln();
+        assert!((smoothed - want).abs() < 1e-5);
+    }
+
+    #[test]
+    fn gradient_raises_chosen_and_lowers_rejected() {
+        let pc = t::<CpuTrain>(&[-5.0]).require_grad();
+        let pr = t::<CpuTrain>(&[-5.0]).require_grad();
+        let out = dpo_loss(pc.clone(), pr.clone(), t(&[-5.0]), t(&[-5.0]), 0.1, 0.0);
+        let grads = out.loss.backward();
+        let gc: f32 = pc.grad(&grads).unwrap().into_scalar();
+        let gr: f32 = pr.grad(&grads).unwrap().into_scalar();
+        // Gradient descent moves against the gradient: chosen up, rejected down.
+        assert!(gc < 0.0 && gr > 0.0, "{gc} {gr}");
+        assert!((gc + 0.05).abs() < 1e-6, "β·σ(-0)·(-1) = -0.05");
+    }
+
+    #[test]
+    fn sequence_log_probs_sum_only_masked_tokens() {
+        let device = Default::default();
+        // One row, two positions, vocabulary 2, uniform logits: each token has log-prob ln ½.
+        let logits = Tensor::<Cpu, 2>::zeros([2, 2], &device); // [rows·seq, vocab]
+        let targets = Tensor::<Cpu, 2, Int>::from_data([[0, 1]], &device);
+        let both: f32 =
+            sequence_log_probs(logits.clone(), targets.clone(), Tensor::from_data([[1.0, 1.0]], &device)).into_scalar();
+        let one: f32 = sequence_log_probs(logits, targets, Tensor::from_data([[0.0, 1.0]], &device)).into_scalar();
+        assert!((both - 2.0 * 0.5f32.ln()).abs() < 1e-6 && (one - 0.5f32.ln()).abs() < 1e-6);
+    }
+}
