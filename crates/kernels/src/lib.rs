@@ -7,9 +7,9 @@
 //! softmax becomes max, subtract, exp, sum and divide, and the backward pass
 //! replays the derivative of each one: a dozen passes over memory, mostly on
 //! one core, and a fresh buffer for each. On the CPU that cost more than all
-//! the matrix multiplications of the tiny model (measured with `perf`; see
-//! the README, Performance). Here each operation is one node in the graph,
-//! and its backward pass is the closed-form derivative:
+//! the matrix multiplications of the tiny model (README, Performance). Here
+//! each operation is one node in the graph, and its backward pass is the
+//! closed-form derivative:
 //!
 //! | operation | forward | backward (`dy` = gradient of the output) |
 //! |---|---|---|

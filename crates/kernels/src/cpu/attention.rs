@@ -18,9 +18,10 @@ use burn::tensor::Tensor;
 use rayon::prelude::*;
 
 use super::host::{HostCopy, read, to_device};
-use super::matmul::{MatRef, matmul_into};
+use super::matmul::matmul_into;
 use super::rows::{softmax_row, softmax_row_backward};
 use super::simd::simd;
+use super::view::MatRef;
 
 /// Query rows go through the products in blocks of this many. Block
 /// `r0..r1` can only see keys `0..r1`, so its products stop there: the

@@ -3,8 +3,7 @@
 //!
 //! A CPU backend's tensor already lives in host memory, so a kernel needs
 //! no copy to read it; copies are what a careless version pays most for
-//! (they were 7% of the tiny training step, measured with `perf`). Two ways
-//! in, and one out:
+//! (README, Performance). Two ways in, and one out:
 //! - [`read`]: a read-only view of the backend's own buffer (a copy only
 //!   when the tensor is strided, e.g. a transpose not yet made contiguous);
 //! - [`take`]: an owned buffer for a kernel that overwrites its input in

@@ -1,69 +1,18 @@
 //! Matrix products on host memory, through the `gemm-f32` crate.
 //!
-//! [`MatRef`] is a view of a matrix inside a buffer, described by two
-//! strides, so a transpose or one head's columns of a wider matrix cost
-//! nothing: no copy is made, the product just walks memory differently.
-//! The kernel [`matmul`] multiplies two tensors this way, and its
-//! backward pass multiplies by the transposes without materialising them.
+//! The operands are [`MatRef`] views (see [`super::view`]), so a transpose
+//! or one head's columns cost nothing. The kernel [`matmul`] multiplies two
+//! tensors this way, and its backward pass multiplies by the transposes
+//! without materialising them.
 //! [`linear`] is the same product with a bias added to every row, the
 //! whole of a linear layer in one kernel.
-
-use std::ops::Range;
 
 use burn::tensor::Tensor;
 use rayon::prelude::*;
 
 use super::host::{HostCopy, read, to_device};
 use super::simd::{MIN_PER_TASK, simd};
-
-/// A read-only matrix inside a buffer: element `(i, j)` is
-/// `data[i * row_stride + j * col_stride]`.
-#[derive(Clone, Copy)]
-pub struct MatRef<'a> {
-    data: &'a [f32],
-    pub rows: usize,
-    pub cols: usize,
-    row_stride: usize,
-    col_stride: usize,
-}
-
-impl<'a> MatRef<'a> {
-    /// `rows × cols`, rows `row_stride` apart, columns adjacent.
-    pub fn new(data: &'a [f32], rows: usize, cols: usize, row_stride: usize) -> Self {
-        let m = Self { data, rows, cols, row_stride, col_stride: 1 };
-        assert!(m.rows == 0 || m.cols == 0 || m.last() < data.len(), "matrix view out of bounds");
-        m
-    }
-
-    /// The transpose: the same memory, strides swapped.
-    pub fn t(self) -> Self {
-        Self { rows: self.cols, cols: self.rows, row_stride: self.col_stride, col_stride: self.row_stride, ..self }
-    }
-
-    /// The sub-matrix of rows `rows` and columns `cols`: the same memory,
-    /// started further in.
-    pub fn block(self, rows: Range<usize>, cols: Range<usize>) -> Self {
-        assert!(rows.end <= self.rows && cols.end <= self.cols, "block out of the matrix");
-        let start = rows.start * self.row_stride + cols.start * self.col_stride;
-        let (rows, cols) = (rows.len(), cols.len());
-        let data = if rows == 0 || cols == 0 { &self.data[..0] } else { &self.data[start..] };
-        Self { data, rows, cols, ..self }
-    }
-
-    /// The first `n` rows.
-    pub fn top(self, n: usize) -> Self {
-        self.block(0..n, 0..self.cols)
-    }
-
-    /// The buffer the view reads from.
-    pub fn data(&self) -> &'a [f32] {
-        self.data
-    }
-
-    fn last(&self) -> usize {
-        (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride
-    }
-}
+use super::view::MatRef;
 
 /// `out = scale · a · b`, with `out` a `rows × cols` block of `out_data`
 /// whose rows are `out_stride` apart (other columns are left alone), on
@@ -79,8 +28,8 @@ pub fn matmul_into(out_data: &mut [f32], out_stride: usize, a: MatRef, b: MatRef
 
 /// `a · b` as a new row-major `[a.rows, b.cols]` buffer, split across
 /// threads. The buffer is not zeroed first: the product writes every
-/// element without reading any, and zeroing it cost 1-2% of a training
-/// step (`memset` in `perf`), for values overwritten at once.
+/// element without reading any, so zeroing it would be a pass over memory
+/// for values overwritten at once.
 fn product(a: MatRef, b: MatRef) -> Vec<f32> {
     let len = a.rows * b.cols;
     let mut out = Vec::with_capacity(len);
@@ -104,96 +53,7 @@ unsafe fn multiply(out: *mut f32, a: MatRef, b: MatRef, accumulate: bool) {
         #[cfg(not(feature = "openblas"))]
         gemm_to(out, b.cols, a, b, 1.0, accumulate, true);
         #[cfg(feature = "openblas")]
-        openblas::sgemm_to(out, a, b, accumulate);
-    }
-}
-
-/// With the `openblas` feature, the products of the linear layers and of
-/// their backward passes run in the system's OpenBLAS instead. Over the
-/// `mini` shapes it took 9-16% less time than `gemm` in isolation, and the
-/// mini step 5-12% less (README, Performance), but it is a system library
-/// to install, so it is not the default. Attention's small products stay on
-/// `gemm`, one per rayon task, where OpenBLAS's own threads would compete.
-#[cfg(feature = "openblas")]
-mod openblas {
-    use super::MatRef;
-
-    #[link(name = "openblas")]
-    unsafe extern "C" {
-        fn cblas_sgemm(
-            layout: i32,
-            trans_a: i32,
-            trans_b: i32,
-            m: i32,
-            n: i32,
-            k: i32,
-            alpha: f32,
-            a: *const f32,
-            lda: i32,
-            b: *const f32,
-            ldb: i32,
-            beta: f32,
-            c: *mut f32,
-            ldc: i32,
-        );
-        fn openblas_set_num_threads(n: i32);
-    }
-    const ROW_MAJOR: i32 = 101;
-    const NO_TRANS: i32 = 111;
-    const TRANS: i32 = 112;
-
-    /// A view as CBLAS takes it: a row-major matrix (its rows `ld` apart),
-    /// or the transpose of one. CBLAS rejects a leading dimension shorter
-    /// than the stored row (a one-row or one-column view can have both
-    /// strides 1), so the layout is picked by that too.
-    fn layout(x: &MatRef) -> (i32, i32) {
-        if x.col_stride == 1 && x.row_stride >= x.cols {
-            (NO_TRANS, x.row_stride.max(1) as i32)
-        } else if x.row_stride == 1 && x.col_stride >= x.rows {
-            (TRANS, x.col_stride.max(1) as i32)
-        } else {
-            panic!("CBLAS needs a matrix with rows or columns adjacent")
-        }
-    }
-
-    /// `out = a · b` (`out += a · b` with `accumulate`), row-major, rows
-    /// `b.cols` apart. Without `accumulate` every element is written and
-    /// none read (beta = 0: BLAS does not read C then).
-    ///
-    /// SAFETY: as `super::gemm_to`.
-    pub unsafe fn sgemm_to(out: *mut f32, a: MatRef, b: MatRef, accumulate: bool) {
-        // OpenBLAS keeps its own thread pool: the same size as rayon's
-        // (RAYON_NUM_THREADS), so both use the cores the user asked for.
-        static THREADS: std::sync::Once = std::sync::Once::new();
-        THREADS.call_once(|| unsafe { openblas_set_num_threads(rayon::current_num_threads() as i32) });
-        let (m, k, n) = (a.rows, a.cols, b.cols);
-        assert_eq!(b.rows, k, "matmul: inner dimensions differ");
-        if m == 0 || n == 0 {
-            return;
-        }
-        let ((trans_a, lda), (trans_b, ldb)) = (layout(&a), layout(&b));
-        let (m, n, k) = (m as i32, n as i32, k as i32);
-        // SAFETY: the views' checks keep CBLAS's reads inside their buffers
-        // (`MatRef::new`); the caller vouches for `out`.
-        unsafe {
-            let beta = if accumulate { 1.0 } else { 0.0 };
-            cblas_sgemm(
-                ROW_MAJOR,
-                trans_a,
-                trans_b,
-                m,
-                n,
-                k,
-                1.0,
-                a.data.as_ptr(),
-                lda,
-                b.data.as_ptr(),
-                ldb,
-                beta,
-                out,
-                n,
-            );
-        }
+        super::openblas::sgemm_to(out, a, b, accumulate);
     }
 }
 
@@ -292,8 +152,7 @@ pub fn matmul_backward<B: HostCopy>(
 /// row: a linear layer. The output starts as `m` copies of the bias and the
 /// product is added onto it, so the bias costs one write, where a separate
 /// `+ bias` reads the product back and writes it again (and is one more
-/// node in the graph, whose backward is a sum burn runs on one core: the
-/// two together were 3.5% of the tiny model's step, measured with `perf`).
+/// node in the graph, whose backward is a sum burn runs on one core).
 pub fn linear<B: HostCopy>(x: Tensor<B, 2>, w: Tensor<B, 2>, bias: Tensor<B, 1>) -> Tensor<B, 2> {
     let ([m, k], [k_w, n], device) = (x.dims(), w.dims(), x.device());
     assert!(k == k_w && bias.dims() == [n], "linear: [{m}, {k}] · [{k_w}, {n}] + {:?}", bias.dims());

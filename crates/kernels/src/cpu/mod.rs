@@ -8,8 +8,9 @@
 //! [`crate::reference`], written per element.
 //!
 //! - [`rows`]: softmax, GELU, cross-entropy, LayerNorm, sum of squares;
-//! - [`matmul`]: products on strided views (a transpose costs nothing), and
-//!   the linear layer;
+//! - [`matmul`]: products on strided views ([`view`]: a transpose costs
+//!   nothing), and the linear layer (through OpenBLAS with the `openblas`
+//!   feature);
 //! - [`attention`]: causal attention, one task per sequence, heads read in
 //!   place;
 //! - [`adamw`]: the optimizer's update, in place;
@@ -20,8 +21,11 @@ pub mod adamw;
 pub mod attention;
 pub mod host;
 pub mod matmul;
+#[cfg(feature = "openblas")]
+pub mod openblas;
 pub mod rows;
 pub mod simd;
+pub mod view;
 
 use burn::tensor::{Int, Tensor};
 

@@ -81,7 +81,7 @@ pub fn sum_of(values: &[f32], f: impl Fn(f32) -> f32) -> f32 {
 
 /// Σ exp(v − shift) over `values`. The exponentials go through a small
 /// buffer and are summed from there: folded straight into [`sum_of`]'s
-/// lanes, the compiler leaves the loop scalar (measured 5× slower).
+/// lanes, the compiler leaves the loop scalar, several times slower.
 #[inline(always)]
 pub fn sum_exp(values: &[f32], shift: f32) -> f32 {
     let mut buf = [0.0f32; 64];

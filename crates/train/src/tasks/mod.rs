@@ -5,9 +5,10 @@
 //! |---|---|---|
 //! | pretraining | [`pretrain::PretrainTask`] | next-token cross-entropy on windows of text |
 //! | SFT, LoRA | [`sft::SftTask`] | cross-entropy on the assistant's tokens only |
-//! | DPO | [`dpo::DpoTask`] | the DPO loss on preference pairs |
+//! | DPO | [`dpo::DpoTask`] | the DPO loss ([`dpo_loss`]) on preference pairs |
 
 pub mod dpo;
+pub mod dpo_loss;
 pub mod eval;
 pub mod pretrain;
 pub mod sft;
