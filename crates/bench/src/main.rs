@@ -24,6 +24,7 @@ use burn::tensor::{Distribution, ElementConversion, Int, Tensor};
 use clap::Parser;
 use kernels::{AutodiffBackend, Backend};
 use model::{ComputeConfig, Gpt, GptConfig};
+use train::args::range;
 use train::clip::clip_grad_norm;
 use train::optim::{Optim, OptimizerKind};
 
@@ -43,26 +44,26 @@ struct Args {
     #[arg(long, value_delimiter = ',', default_value = "tiny,mini")]
     preset: Vec<String>,
     /// Vocabulary size (default: 4096 for tiny, 6400 for mini, 50304 for gpt2-124m,
-    /// the sizes the PyTorch reference uses).
-    #[arg(long)]
+    /// the sizes the PyTorch reference uses). [≥ 1]
+    #[arg(long, value_parser = range::at_least_one)]
     vocab: Option<usize>,
-    /// Tokens per sequence (default: the preset's context length).
-    #[arg(long)]
+    /// Tokens per sequence (default: the preset's context length). [≥ 1]
+    #[arg(long, value_parser = range::at_least_one)]
     ctx: Option<usize>,
-    /// Sequences per step (default: 8 for tiny, 4 for mini on the CPU; 16 for gpt2-124m).
-    #[arg(long)]
+    /// Sequences per step (default: 8 for tiny, 4 for mini on the CPU; 16 for gpt2-124m). [≥ 1]
+    #[arg(long, value_parser = range::at_least_one)]
     batch: Option<usize>,
-    /// Width of the residual stream.
-    #[arg(long)]
+    /// Width of the residual stream. [≥ 1]
+    #[arg(long, value_parser = range::at_least_one)]
     d_model: Option<usize>,
-    /// Number of transformer blocks.
-    #[arg(long)]
+    /// Number of transformer blocks. [≥ 1]
+    #[arg(long, value_parser = range::at_least_one)]
     layers: Option<usize>,
-    /// Number of attention heads.
-    #[arg(long)]
+    /// Number of attention heads. [≥ 1]
+    #[arg(long, value_parser = range::at_least_one)]
     heads: Option<usize>,
-    /// Timed steps (their mean is reported).
-    #[arg(long, default_value_t = 10)]
+    /// Timed steps (their mean is reported). [≥ 1]
+    #[arg(long, default_value_t = 10, value_parser = range::at_least_one)]
     steps: usize,
     /// Untimed steps first: allocator pools, caches and (on a GPU) kernel compilation warm up here.
     #[arg(long, default_value_t = 2)]
@@ -70,8 +71,8 @@ struct Args {
     /// Attention as written out (softmax(QKᵀ/√d + mask)·V) instead of the fused kernel.
     #[arg(long)]
     plain_attention: bool,
-    /// Dropout during the benchmark (the reference uses 0).
-    #[arg(long, default_value_t = 0.0)]
+    /// Dropout during the benchmark (the reference uses 0). [0, 1)
+    #[arg(long, default_value_t = 0.0, value_parser = range::probability)]
     dropout: f64,
 }
 
@@ -140,6 +141,7 @@ fn bench<B: AutodiffBackend>(
 ) -> Result<Record> {
     B::seed(device, 0);
     let compute = ComputeConfig::new().with_fused_attention(!args.plain_attention);
+    train::memory::check(cfg, cfg.num_params(), batch, cfg.context_length, &args.device)?;
     let mut model = Gpt::<B>::new(cfg, device).with_compute(&compute);
     let mut optim = Optim::new(OptimizerKind::Adamw, 0.1, &model, &model.embedding_param_ids());
     let ctx = cfg.context_length;

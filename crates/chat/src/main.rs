@@ -12,16 +12,19 @@ use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::Parser;
 use data::Tokenizer;
-use data::chat::{Message, Role, check_chat_tokens, render_chatml};
+use data::chat::{Message, Role, check_chat_tokens, prompt_ids};
 use data::tokenizer::IM_END;
 use data::util::SplitMix64;
 use kernels::{AutodiffBackend, Backend};
 use model::{GenerateOptions, Gpt, Sampling, generate};
 use train::adapter::load_with_adapter;
-use train::checkpoint::{load_run_model, read_stage};
+use train::args::range;
+use train::checkpoint::load_run_model;
+use train::run::check_vocabulary;
+use train::run_dir::require_stage;
 use train::run_on_device;
 
 // mimalloc, keeping freed memory for reuse (see `train::alloc`).
@@ -45,20 +48,20 @@ struct Args {
     /// Text to continue; prints the completion and exits. Without it, asks for prompts interactively.
     #[arg(long)]
     prompt: Option<String>,
-    /// Most tokens to generate per answer.
-    #[arg(long, default_value_t = 200)]
+    /// Most tokens to generate per answer. [≥ 1]
+    #[arg(long, default_value_t = 200, value_parser = range::at_least_one)]
     max_new_tokens: usize,
-    /// Sampling temperature: 0 = greedy (always the likeliest token), 1 = the model's distribution.
-    #[arg(long, default_value_t = 0.8)]
+    /// Sampling temperature: 0 = greedy (always the likeliest token), 1 = the model's distribution. [≥ 0]
+    #[arg(long, default_value_t = 0.8, value_parser = range::non_negative)]
     temperature: f64,
-    /// Sample only among the k likeliest tokens (0 = no limit).
+    /// Sample only among the k likeliest tokens (0 = no limit). [≥ 0]
     #[arg(long, default_value_t = 50)]
     top_k: usize,
-    /// Sample only among the likeliest tokens whose probabilities sum to p (1 = no limit).
-    #[arg(long, default_value_t = 1.0)]
+    /// Sample only among the likeliest tokens whose probabilities sum to p (1 = no limit). (0, 1]
+    #[arg(long, default_value_t = 1.0, value_parser = range::share)]
     top_p: f64,
-    /// Values above 1 make repeating a token already in the text less likely.
-    #[arg(long, default_value_t = 1.0)]
+    /// Values above 1 make repeating a token already in the text less likely (1 = off). [> 0]
+    #[arg(long, default_value_t = 1.0, value_parser = range::positive)]
     repetition_penalty: f64,
     /// Seed of the sampler: the same seed and prompt give the same text.
     #[arg(long, default_value_t = 1337)]
@@ -91,16 +94,25 @@ fn run<B: AutodiffBackend>(device: &B::Device, args: Args) -> Result<()> {
     // -----------------------------------------------------------------------
     // 2. Tokenizer and model (inference only: no autodiff)
     // -----------------------------------------------------------------------
-    let tokenizer = Tokenizer::load(&args.model.join("tokenizer.json"))
-        .with_context(|| format!("--model {}", args.model.display()))?;
+    let stage = require_stage(&args.model, "--model", &[])?;
+    if stage == "lora" {
+        bail!(
+            "--model {}: a LoRA run holds an adapter, not a model; chat with --model <its base run> --adapter {0}",
+            args.model.display()
+        );
+    }
+    let tokenizer_path = args.model.join("tokenizer.json");
+    let tokenizer = Tokenizer::load(&tokenizer_path).with_context(|| format!("--model {}", args.model.display()))?;
     let (config, model) = match &args.adapter {
         Some(adapter) => {
+            require_stage(adapter, "--adapter", &["lora"])?;
             let (config, model, _) = load_with_adapter::<B::InnerBackend>(&args.model, adapter, device)?;
             (config, model)
         }
         None => load_run_model::<B::InnerBackend>(&args.model, device)
             .with_context(|| format!("--model {}", args.model.display()))?,
     };
+    check_vocabulary(&tokenizer, &tokenizer_path, &config)?;
     eprintln!(
         "loaded {} ({} layers, d_model {}, context {})",
         args.model.display(),
@@ -119,7 +131,7 @@ fn run<B: AutodiffBackend>(device: &B::Device, args: Args) -> Result<()> {
     // -----------------------------------------------------------------------
     // 3. Generate: one prompt, or a loop reading prompts from stdin
     // -----------------------------------------------------------------------
-    let chat = !args.raw && read_stage(&args.model)? != "pretrain";
+    let chat = !args.raw && stage != "pretrain";
     if chat {
         check_chat_tokens(&tokenizer, &args.model.join("tokenizer.json"))?;
     }
@@ -137,10 +149,9 @@ fn run<B: AutodiffBackend>(device: &B::Device, args: Args) -> Result<()> {
     let stdin = std::io::stdin();
     loop {
         eprint!("> ");
-        let mut line = String::new();
-        if stdin.lock().read_line(&mut line)? == 0 {
+        let Some(line) = read_line(&mut stdin.lock())? else {
             return Ok(());
-        }
+        };
         match line.trim_end_matches(['\n', '\r']) {
             "" => {}
             "/exit" => return Ok(()),
@@ -185,12 +196,12 @@ impl<B: Backend> Session<'_, B> {
         // (the system prompt stays), leaving room for the answer.
         let keep = usize::from(history.first().is_some_and(|m| m.role == Role::System));
         let room = model.context_length().saturating_sub(self.args.max_new_tokens.min(model.context_length() / 2));
-        let mut prompt = tokenizer.encode(&render_chatml(history, true));
+        let mut prompt = prompt_ids(tokenizer, history);
         // Turns go in user/assistant pairs, so the history still starts with a
         // user turn, as every training conversation did.
         while prompt.len() > room && history.len() > keep + 2 {
             history.drain(keep..keep + 2);
-            prompt = tokenizer.encode(&render_chatml(history, true));
+            prompt = prompt_ids(tokenizer, history);
         }
         if prompt.len() > room {
             prompt.drain(..prompt.len() - room); // a single over-long message: keep its end
@@ -235,5 +246,32 @@ impl<B: Backend> Session<'_, B> {
         let cache = if args.no_cache { ", no KV cache" } else { "" };
         eprintln!("[{} tokens in {secs:.2} s: {:.1} tokens/s{cache}]", ids.len(), ids.len() as f64 / secs);
         Ok(tokenizer.decode(&generated))
+    }
+}
+
+/// The next line of `input` (None at its end). A line that is not UTF-8 (a
+/// terminal in another encoding) is read with its bad bytes replaced, not
+/// taken as the end of the conversation.
+fn read_line(input: &mut impl BufRead) -> Result<Option<String>> {
+    let mut bytes = Vec::new();
+    if input.read_until(b'\n', &mut bytes).context("reading standard input")? == 0 {
+        return Ok(None);
+    }
+    Ok(Some(String::from_utf8(bytes).unwrap_or_else(|e| {
+        eprintln!("(this line was not UTF-8: its undecodable bytes became \u{FFFD})");
+        String::from_utf8_lossy(e.as_bytes()).into_owned()
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_that_is_not_utf8_does_not_end_the_conversation() {
+        let mut input: &[u8] = b"caf\xe9 au lait\nWhat is 3 plus 4?\n";
+        assert_eq!(read_line(&mut input).unwrap().as_deref(), Some("caf\u{FFFD} au lait\n"));
+        assert_eq!(read_line(&mut input).unwrap().as_deref(), Some("What is 3 plus 4?\n"));
+        assert_eq!(read_line(&mut input).unwrap(), None);
     }
 }

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
+use crate::util::without_bom;
+
 /// The files of a corpus, in a fixed (sorted) order.
 #[derive(Debug, Clone)]
 pub struct Corpus {
@@ -126,6 +128,7 @@ fn next_paragraph(file: &mut OpenFile) -> Result<Option<String>> {
     for line in file.lines.by_ref() {
         file.line_no += 1;
         let line = line.with_context(|| format!("{}:{}: not valid UTF-8", file.path.display(), file.line_no))?;
+        let line = if file.line_no == 1 { without_bom(&line) } else { &line };
         if line.trim().is_empty() {
             if !doc.is_empty() {
                 return Ok(Some(doc));
@@ -135,7 +138,7 @@ fn next_paragraph(file: &mut OpenFile) -> Result<Option<String>> {
         if !doc.is_empty() {
             doc.push('\n');
         }
-        doc.push_str(&line);
+        doc.push_str(line);
     }
     Ok((!doc.is_empty()).then_some(doc))
 }
@@ -149,7 +152,7 @@ fn next_jsonl(file: &mut OpenFile, skip_bad: bool, skipped: &mut usize) -> Resul
         if line.trim().is_empty() {
             continue;
         }
-        let text = match serde_json::from_str::<serde_json::Value>(&line) {
+        let text = match serde_json::from_str::<serde_json::Value>(without_bom(&line)) {
             Ok(value) => match value.get("text").and_then(|t| t.as_str()) {
                 Some(text) => Ok(text.to_string()),
                 None => Err(format!("{}: expected an object with a string field \"text\"", where_())),

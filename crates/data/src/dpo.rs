@@ -14,6 +14,7 @@ use serde_json::Value;
 use crate::chat::{Message, Role, tokenize_conversation, validate_conversation};
 use crate::sft::{SftBatch, SftExample, collate};
 use crate::tokenizer::Tokenizer;
+use crate::util::without_bom;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct DpoPair {
@@ -30,7 +31,7 @@ pub struct DpoDataset {
 
 /// One line → (chosen, rejected) conversations, or what is wrong with it.
 pub fn parse_pair(line: &str) -> std::result::Result<(Vec<Message>, Vec<Message>), String> {
-    let value: Value = serde_json::from_str(line).map_err(|e| format!("not valid JSON ({e})"))?;
+    let value: Value = serde_json::from_str(without_bom(line)).map_err(|e| format!("not valid JSON ({e})"))?;
     let side = |name: &str| -> std::result::Result<Vec<Message>, String> {
         match value.get(name) {
             Some(Value::String(answer)) => {

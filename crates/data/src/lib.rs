@@ -23,6 +23,8 @@ pub use tokenizer::Tokenizer;
 pub use windows::{TokenBatch, WindowDataset, num_windows, train_val_split};
 
 #[cfg(test)]
+mod properties;
+#[cfg(test)]
 mod tests;
 
 #[doc = include_str!("../../../notebooks-md/01-tokens-and-data.md")]

@@ -15,6 +15,7 @@ use serde_json::Value;
 
 use crate::chat::{Message, Role, tokenize_conversation, validate_conversation};
 use crate::tokenizer::{PAD, Tokenizer};
+use crate::util::without_bom;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SftExample {
@@ -38,8 +39,12 @@ pub struct SftDataset {
 
 /// One line → messages and optional answer, or a message saying what is wrong.
 pub fn parse_line(line: &str) -> std::result::Result<(Vec<Message>, Option<String>), String> {
-    let value: Value = serde_json::from_str(line).map_err(|e| format!("not valid JSON ({e})"))?;
-    let answer = value.get("answer").and_then(Value::as_str).map(str::to_string);
+    let value: Value = serde_json::from_str(without_bom(line)).map_err(|e| format!("not valid JSON ({e})"))?;
+    let answer = match value.get("answer") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(answer)) if !answer.trim().is_empty() => Some(answer.clone()),
+        Some(other) => return Err(format!("\"answer\" must be a non-empty string, got {other}")),
+    };
     let messages = if let Some(turns) = value.get("conversations") {
         let turns = turns.as_array().ok_or("\"conversations\" must be an array")?;
         turns.iter().enumerate().map(|(i, t)| parse_turn(i, t)).collect::<std::result::Result<Vec<_>, _>>()?
@@ -183,6 +188,21 @@ mod tests {
         );
         let data = SftDataset::load(&path, &tok, 64, true).unwrap();
         assert_eq!((data.examples.len(), data.skipped_bad), (2, 1));
+        std::fs::remove_file(path).ok();
+    }
+
+    /// A byte-order mark before the first line is not an error; an
+    /// `"answer"` that is not a string is one, not a question scored as wrong.
+    #[test]
+    fn a_bom_is_ignored_and_an_answer_must_be_a_string() {
+        let tok = tokenizer();
+        let turns = r#""conversations": [{"role": "user", "content": "What is 7 plus 5?"}, {"role": "assistant", "content": "12."}]"#;
+        let path = write("bom", &format!("\u{feff}{{{turns}, \"answer\": \"12\"}}\n"));
+        let data = SftDataset::load(&path, &tok, 64, false).unwrap();
+        assert_eq!(data.examples[0].answer.as_deref(), Some("12"));
+        std::fs::write(&path, format!("{{{turns}, \"answer\": 12}}\n")).unwrap();
+        let err = SftDataset::load(&path, &tok, 64, false).unwrap_err().to_string();
+        assert!(err.contains(":1: \"answer\" must be a non-empty string, got 12"), "{err}");
         std::fs::remove_file(path).ok();
     }
 

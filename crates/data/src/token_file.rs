@@ -52,7 +52,9 @@ impl TokenFile {
         mut on_progress: impl FnMut(u64),
     ) -> Result<(Self, bool)> {
         let (bin, json) = (cache.with_extension("bin"), cache.with_extension("json"));
-        let expected_hash = fnv1a(tokenizer.to_json().as_bytes());
+        // The tokenizer and how text goes through it: since special-token
+        // strings in documents are read as text, caches made before are rebuilt.
+        let expected_hash = fnv1a(format!("specials-as-text\n{}", tokenizer.to_json()).as_bytes());
         let fingerprint = fingerprint(corpus)?;
         if let Ok(text) = std::fs::read_to_string(&json)
             && let Ok(meta) = serde_json::from_str::<TokenFileMeta>(&text)
@@ -83,22 +85,25 @@ impl TokenFile {
                 // Every document ends with <|endoftext|>, so the model learns
                 // where texts stop and generation knows when to end.
                 for &id in ids.iter().chain(std::iter::once(&tokenizer.eot_id)) {
-                    if bytes_per_token == 2 {
-                        out.write_all(&(id as u16).to_le_bytes())?;
-                    } else {
-                        out.write_all(&id.to_le_bytes())?;
-                    }
+                    let written = match bytes_per_token {
+                        2 => out.write_all(&(id as u16).to_le_bytes()),
+                        _ => out.write_all(&id.to_le_bytes()),
+                    };
+                    written.with_context(|| format!("cannot write {}", tmp.display()))?;
                 }
                 num_tokens += ids.len() + 1;
             }
             num_documents += chunk.len();
             on_progress(bytes_read);
         }
-        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        out.into_inner()
+            .map_err(|e| e.into_error())
+            .and_then(|file| file.sync_all())
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
         if num_tokens == 0 {
             bail!("the corpus contains no text");
         }
-        std::fs::rename(&tmp, &bin)?;
+        std::fs::rename(&tmp, &bin).with_context(|| format!("cannot move {} to {}", tmp.display(), bin.display()))?;
         let meta = TokenFileMeta {
             bytes_per_token,
             num_tokens,
@@ -164,7 +169,7 @@ pub fn cache_path(cache_dir: &Path, corpus: &Corpus) -> PathBuf {
 pub(crate) fn fingerprint(corpus: &Corpus) -> Result<String> {
     let mut parts = Vec::new();
     for f in &corpus.files {
-        let meta = std::fs::metadata(f)?;
+        let meta = std::fs::metadata(f).with_context(|| format!("cannot read {}", f.display()))?;
         let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
         parts.push(format!("{}:{}:{}", f.display(), meta.len(), mtime.map_or(0, |d| d.as_nanos())));
     }

@@ -28,6 +28,11 @@ pub const SPECIAL_TOKENS: [&str; 4] = [EOT, IM_START, IM_END, PAD];
 #[derive(Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
+    /// The same tokenizer set to read special-token strings as plain text:
+    /// what [`Tokenizer::encode`] uses, so that a `<|im_end|>` typed inside a
+    /// message stays characters. Only the chat template inserts special
+    /// tokens, by id.
+    as_text: tokenizers::Tokenizer,
     /// Id of `<|endoftext|>`.
     pub eot_id: u32,
 }
@@ -82,7 +87,9 @@ impl Tokenizer {
         let eot_id = inner
             .token_to_id(EOT)
             .with_context(|| format!("the tokenizer has no `{EOT}` token, which marks document ends"))?;
-        Ok(Self { inner, eot_id })
+        let mut as_text = inner.clone();
+        as_text.set_encode_special_tokens(true);
+        Ok(Self { inner, as_text, eot_id })
     }
 
     /// Writes the standard `tokenizer.json`.
@@ -100,8 +107,17 @@ impl Tokenizer {
         self.inner.get_vocab_size(true)
     }
 
-    /// Text → ids. Special-token strings in the text become their single id.
+    /// Text → ids, all of it as text: a special-token string such as
+    /// `<|endoftext|>` inside `text` becomes the ids of its characters, never
+    /// the special token (which only the code inserts, by id).
     pub fn encode(&self, text: &str) -> Vec<u32> {
+        self.as_text.encode_fast(text, false).expect("byte-level BPE encodes any text").get_ids().to_vec()
+    }
+
+    /// Text → ids with special-token strings read as the special tokens:
+    /// what the chat template's markers are, for tests that compare.
+    #[cfg(test)]
+    pub(crate) fn encode_with_markers(&self, text: &str) -> Vec<u32> {
         self.inner.encode_fast(text, false).expect("byte-level BPE encodes any text").get_ids().to_vec()
     }
 
@@ -139,10 +155,12 @@ mod tests {
         ] {
             assert_eq!(tok.decode(&tok.encode(text)), text);
         }
-        // Each special token is one id, not pieces of text.
+        // Special-token strings in text stay text: several ids, none special.
+        let special_ids: Vec<u32> = SPECIAL_TOKENS.iter().map(|t| tok.token_id(t).unwrap()).collect();
         for special in SPECIAL_TOKENS {
-            let ids = tok.encode(special);
-            assert_eq!(ids, vec![tok.token_id(special).unwrap()], "{special}");
+            let ids = tok.encode(&format!("say {special} now"));
+            assert!(ids.len() > 3 && !ids.iter().any(|id| special_ids.contains(id)), "{special}: {ids:?}");
+            assert_eq!(tok.decode(&ids), format!("say {special} now"));
         }
         // Training merged frequent text: far fewer tokens than bytes.
         let text = "Mira bakes bread in Osk every morning.";

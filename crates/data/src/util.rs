@@ -14,11 +14,22 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
 /// half of it: write a temporary file beside it, flush it to disk, rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension(format!("{}.tmp", path.extension().and_then(|e| e.to_str()).unwrap_or("")));
-    let mut file = std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
+    let written = std::fs::File::create(&tmp).and_then(|mut file| {
+        file.write_all(bytes)?;
+        file.sync_all()
+    });
+    if let Err(e) = written {
+        std::fs::remove_file(&tmp).ok(); // a half-written temporary helps nobody (and fills a full disk)
+        return Err(e).with_context(|| format!("cannot write {}", path.display()));
+    }
     std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
     Ok(())
+}
+
+/// A line without the byte-order mark some editors put at the start of a
+/// file (`\u{feff}`): invisible, but not JSON and not text to learn.
+pub fn without_bom(line: &str) -> &str {
+    line.strip_prefix('\u{feff}').unwrap_or(line)
 }
 
 /// A small seeded random number generator (SplitMix64). The same seed gives
@@ -51,5 +62,32 @@ impl SplitMix64 {
         for i in (1..items.len()).rev() {
             items.swap(i, self.below(i + 1));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A write that fails (here: its folder is missing) names the file,
+    /// and leaves no temporary behind.
+    #[test]
+    fn a_failed_write_names_its_file_and_leaves_nothing() {
+        let dir = std::env::temp_dir().join(format!("minigpt-util-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("missing/config.json");
+        let err = format!("{:#}", write_atomic(&path, b"{}").unwrap_err());
+        assert!(err.starts_with(&format!("cannot write {}", path.display())), "{err}");
+        write_atomic(&dir.join("ok.json"), b"{}").unwrap();
+        let names: Vec<String> =
+            std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+        assert_eq!(names, ["ok.json"]);
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_dropped() {
+        assert_eq!(without_bom("\u{feff}{\"a\": 1}"), "{\"a\": 1}");
+        assert_eq!(without_bom("plain"), "plain");
     }
 }

@@ -21,8 +21,9 @@ use data::sft::pad_id;
 use kernels::AutodiffBackend;
 use model::count_params;
 use serde::{Deserialize, Serialize};
+use train::args::range;
 use train::checkpoint::RunConfig;
-use train::run::{find_in_repo, load_init, load_questions, print_plan, start_run};
+use train::run::{find_in_repo, load_init, load_questions, percent_change, print_plan, start_run};
 use train::tasks::dpo::DpoTask;
 use train::{Plan, TrainArgs, run_on_device};
 
@@ -53,27 +54,27 @@ struct Args {
     /// SFT questions scored at each evaluation (0 = all).
     #[arg(long, default_value_t = 100)]
     eval_questions: usize,
-    /// Longest reply generated when scoring an answer.
-    #[arg(long, default_value_t = 32)]
+    /// Longest reply generated when scoring an answer. [≥ 1]
+    #[arg(long, default_value_t = 32, value_parser = range::at_least_one)]
     max_answer_tokens: usize,
     /// β: how far the policy may move from the reference. Small β lets it
     /// drift far to satisfy the preferences; large β keeps it close. Above
     /// the DPO paper's 0.1 because the tiny default model collapsed there to
     /// replying "." (the likelihood of every answer fell). It is fragile at
     /// 0.5 too: some runs keep their answers, others also end up replying ".".
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.5, value_parser = range::positive)]
     beta: f64,
     /// Conservative DPO: assume each preference label is wrong with this probability.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = range::label_smoothing)]
     label_smoothing: f64,
     /// Run the reference model on every batch instead of scoring all pairs once up front (slower; same result).
     #[arg(long)]
     ref_on_the_fly: bool,
     /// Longest conversation in tokens (default: the model's context length); longer pairs are an error.
-    #[arg(long)]
+    #[arg(long, value_parser = range::at_least_one)]
     max_seq_len: Option<usize>,
-    /// Override the dropout of the initial model's config.
-    #[arg(long)]
+    /// Override the dropout of the initial model's config. [0, 1)
+    #[arg(long, value_parser = range::probability)]
     dropout: Option<f64>,
     /// Skip (and count) malformed or over-long lines instead of stopping at the first.
     #[arg(long)]
@@ -104,14 +105,13 @@ fn main() -> std::process::ExitCode {
 
 fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
     args.train.validate()?;
-    anyhow::ensure!(args.beta > 0.0, "--beta must be positive");
-    anyhow::ensure!((0.0..0.5).contains(&args.label_smoothing), "--label-smoothing must be in [0, 0.5)");
     B::seed(device, args.train.seed);
 
     // -----------------------------------------------------------------------
     // 2. Tokenizer, the policy and its frozen reference
     // -----------------------------------------------------------------------
-    let (tokenizer, model_cfg, model) = load_init::<B>(&args.init, args.dropout, device)?;
+    let stages = ["sft", "dpo", "lora-merged"];
+    let (tokenizer, model_cfg, model) = load_init::<B>(&args.init, &stages, args.dropout, device)?;
     // The reference: the same weights on the inner backend, where no
     // gradient can ever reach them.
     let reference = model.valid();
@@ -121,7 +121,7 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
     // -----------------------------------------------------------------------
     let seq_len = args.max_seq_len.unwrap_or(model_cfg.context_length);
     anyhow::ensure!(
-        seq_len > 0 && seq_len <= model_cfg.context_length,
+        seq_len <= model_cfg.context_length,
         "--max-seq-len {seq_len} must be between 1 and the model's context length {}",
         model_cfg.context_length
     );
@@ -144,7 +144,11 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
     // -----------------------------------------------------------------------
     let plan = Plan::new(train_set.pairs.len(), &args.train)?;
     let tokens = |set: &DpoDataset| set.pairs.iter().map(|p| p.chosen.ids.len() + p.rejected.ids.len()).sum::<usize>();
-    print_plan(count_params(&model), tokens(&train_set), tokens(&val_set), &plan, 2 * seq_len);
+    let counts = count_params(&model);
+    print_plan(counts, tokens(&train_set), tokens(&val_set), &plan, 2 * seq_len);
+    // Each pair is two rows, chosen and rejected.
+    let rows = 2 * args.train.batch_size;
+    println!("{}", train::memory::check(&model_cfg, counts.trainable, rows, seq_len, &args.train.device)?);
     println!(
         "method:     sigmoid DPO, β {}, label smoothing {}; reference {}",
         args.beta,
@@ -182,8 +186,11 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
     if !args.ref_on_the_fly {
         task.precompute_reference(args.train.batch_size);
     }
-    let stop = train::trainer::stop_on_ctrl_c();
-    let outcome = train::train(model, &mut task, &args.train, device, stop, "DPO")?;
+    let stop = train::stop::stop_on_signals();
+    let outcome = train::train(model, &mut task, &args.train, device, stop.flag(), "DPO")?;
+    if outcome.interrupted {
+        return Err(stop.interrupted().into());
+    }
 
     // -----------------------------------------------------------------------
     // 6. Summary: did the preferences move, and what did it cost?
@@ -205,14 +212,7 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
             get(last, "chosen_reward"),
             get(last, "rejected_reward")
         );
-        if !task.questions.is_empty() {
-            println!(
-                "SFT answer accuracy {:.1}% → {:.1}% ({:.0} s)",
-                100.0 * get(first, "answer_accuracy"),
-                100.0 * get(last, "answer_accuracy"),
-                last.elapsed_s
-            );
-        }
+        println!("SFT answer accuracy {} ({:.0} s)", percent_change(first, last, "answer_accuracy"), last.elapsed_s);
     }
     Ok(())
 }

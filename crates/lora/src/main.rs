@@ -19,14 +19,14 @@ use anyhow::{Context, Result};
 use burn::module::AutodiffModule;
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use data::sft::{SftDataset, pad_id};
-use data::util::write_atomic;
 use kernels::AutodiffBackend;
 use model::count_params;
 use model::lora::{LoraConfig, LoraTarget};
 use serde::{Deserialize, Serialize};
-use train::adapter::{AdapterConfig, load_with_adapter, save_adapter, weights_hash};
-use train::checkpoint::{RunConfig, checkpoint_dir, save_checkpoint, save_run_config};
-use train::run::{find_in_repo, load_init, load_questions, print_plan, start_run};
+use train::adapter::{AdapterConfig, merge_into, save_adapter, weights_hash};
+use train::args::range;
+use train::checkpoint::{RunConfig, checkpoint_dir};
+use train::run::{find_in_repo, load_init, load_questions, percent_change, print_plan, start_run};
 use train::tasks::sft::SftTask;
 use train::{Plan, TrainArgs, run_on_device};
 
@@ -59,23 +59,23 @@ struct Args {
     /// Questions scored per accuracy at each evaluation (0 = all).
     #[arg(long, default_value_t = 100)]
     eval_questions: usize,
-    /// Longest reply generated when scoring an answer.
-    #[arg(long, default_value_t = 32)]
+    /// Longest reply generated when scoring an answer. [≥ 1]
+    #[arg(long, default_value_t = 32, value_parser = range::at_least_one)]
     max_answer_tokens: usize,
-    /// Inner width of the adapter's A·B: more = a more expressive update, more parameters.
-    #[arg(long, default_value_t = 8)]
+    /// Inner width of the adapter's A·B: more = a more expressive update, more parameters. [≥ 1]
+    #[arg(long, default_value_t = 8, value_parser = range::at_least_one)]
     rank: usize,
-    /// The update is scaled by alpha / rank.
-    #[arg(long, default_value_t = 16.0)]
+    /// The update is scaled by alpha / rank. [> 0]
+    #[arg(long, default_value_t = 16.0, value_parser = range::positive)]
     alpha: f64,
-    /// Dropout on the adapter's input.
-    #[arg(long, default_value_t = 0.05)]
+    /// Dropout on the adapter's input. [0, 1)
+    #[arg(long, default_value_t = 0.05, value_parser = range::probability)]
     lora_dropout: f64,
     /// Layers to adapt, comma-separated: q, k, v, out (attention), fc, proj (MLP).
     #[arg(long, value_delimiter = ',', default_value = "q,v")]
     targets: Vec<String>,
     /// Longest conversation in tokens (default: the model's context length); longer ones are cut.
-    #[arg(long)]
+    #[arg(long, value_parser = range::at_least_one)]
     max_seq_len: Option<usize>,
     /// Skip (and count) malformed lines instead of stopping at the first.
     #[arg(long)]
@@ -98,9 +98,13 @@ struct MergeArgs {
     /// The adapter's run directory.
     #[arg(long, default_value = "runs/lora")]
     adapter: PathBuf,
-    /// Where to write the merged model (a run directory chat can load).
+    /// Where to write the merged model (a run directory chat can load); not
+    /// one of the inputs. Built beside it and renamed into place.
     #[arg(long, default_value = "runs/lora-merged")]
     out: PathBuf,
+    /// Replace an earlier merged run at --out (only a run of this project's).
+    #[arg(long)]
+    overwrite: bool,
 }
 
 /// Adapter defaults: a larger rate than full fine-tuning suits the small,
@@ -132,20 +136,20 @@ fn main() -> std::process::ExitCode {
 
 fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
     args.train.validate()?;
-    anyhow::ensure!(args.rank > 0, "--rank must be at least 1");
     let targets = args
         .targets
         .iter()
         .map(|t| t.parse::<LoraTarget>())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| anyhow::anyhow!("--targets: {e}"))?;
+    anyhow::ensure!(!targets.is_empty(), "--targets: name at least one layer to adapt (q, k, v, out, fc, proj)");
     let lora = LoraConfig { rank: args.rank, alpha: args.alpha, dropout: args.lora_dropout, targets };
     B::seed(device, args.train.seed);
 
     // -----------------------------------------------------------------------
     // 2. Tokenizer, the frozen base model and its adapters
     // -----------------------------------------------------------------------
-    let (tokenizer, model_cfg, base) = load_init::<B>(&args.init, None, device)?;
+    let (tokenizer, model_cfg, base) = load_init::<B>(&args.init, &["sft", "dpo", "lora-merged"], None, device)?;
     let model = base.with_lora(&lora, device);
     let counts = count_params(&model);
 
@@ -154,7 +158,7 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
     // -----------------------------------------------------------------------
     let seq_len = args.max_seq_len.unwrap_or(model_cfg.context_length);
     anyhow::ensure!(
-        seq_len > 0 && seq_len <= model_cfg.context_length,
+        seq_len <= model_cfg.context_length,
         "--max-seq-len {seq_len} must be between 1 and the model's context length {}",
         model_cfg.context_length
     );
@@ -173,6 +177,10 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
     let plan = Plan::new(train_set.examples.len(), &args.train)?;
     let tokens = |set: &SftDataset| set.examples.iter().map(|e| e.ids.len()).sum::<usize>();
     print_plan(counts, tokens(&train_set), tokens(&val_set), &plan, seq_len);
+    println!(
+        "{}",
+        train::memory::check(&model_cfg, counts.trainable, args.train.batch_size, seq_len, &args.train.device)?
+    );
     println!("adapter:    rank {}, alpha {}, on {:?} of each block", lora.rank, lora.alpha, args.targets);
     if args.train.dry_run {
         return Ok(());
@@ -199,13 +207,17 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
         pad_id: pad,
         max_answer_tokens: args.max_answer_tokens,
     };
-    let stop = train::trainer::stop_on_ctrl_c();
-    let outcome = train::train(model, &mut task, &args.train, device, stop, "LoRA")?;
+    let stop = train::stop::stop_on_signals();
+    let outcome = train::train(model, &mut task, &args.train, device, stop.flag(), "LoRA")?;
+    if outcome.interrupted {
+        return Err(stop.interrupted().into());
+    }
 
     // -----------------------------------------------------------------------
     // 6. Save the adapter alone, and summarise
     // -----------------------------------------------------------------------
-    let adapter = AdapterConfig { lora, base: args.init.clone(), base_hash: weights_hash(&args.init)? };
+    let base_hash = weights_hash(&args.init)?;
+    let adapter = AdapterConfig { lora, base: args.init.clone(), base_hash, adapter_crc32: None };
     let adapter_bytes = save_adapter(&out, &outcome.model.valid(), &adapter)?;
     let base_bytes = std::fs::metadata(checkpoint_dir(&args.init).join("model.mpk"))?.len();
     println!(
@@ -216,37 +228,22 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
     );
     let evals: Vec<_> = outcome.log.events.iter().filter(|e| e.split == "val").collect();
     if let (Some(first), Some(last)) = (evals.first(), evals.last()) {
-        let get =
-            |e: &train::metrics::Event, k: &str| 100.0 * e.extra.get(k).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
         println!(
-            "validation loss {:.3} → {:.3}; task accuracy {:.1}% → {:.1}%; SFT answer accuracy {:.1}% → {:.1}% ({:.0} s)",
+            "validation loss {:.3} → {:.3}; task accuracy {}; SFT answer accuracy {} ({:.0} s)",
             first.loss,
             last.loss,
-            get(first, "task_accuracy"),
-            get(last, "task_accuracy"),
-            get(first, "answer_accuracy"),
-            get(last, "answer_accuracy"),
+            percent_change(first, last, "task_accuracy"),
+            percent_change(first, last, "answer_accuracy"),
             last.elapsed_s
         );
     }
     Ok(())
 }
 
-/// `lora merge`: base + adapter → a plain model in its own run directory.
+/// `lora merge`: base + adapter → a plain model in its own run directory
+/// (see `train::adapter::merge_into`).
 fn merge(args: &MergeArgs) -> Result<()> {
-    type B = kernels::Cpu;
-    let device = Default::default();
-    let (model_cfg, model, adapter) = load_with_adapter::<B>(&args.base, &args.adapter, &device)?;
-    let merged = model.merge_lora();
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("--out {}: cannot create this folder", args.out.display()))?;
-    save_run_config(
-        &args.out,
-        &RunConfig { stage: "lora-merged".into(), model: model_cfg, args: (&args.base, &args.adapter, &adapter.lora) },
-    )?;
-    save_checkpoint(&args.out, &merged, Vec::new(), &Default::default())?;
-    let tokenizer = std::fs::read(args.base.join("tokenizer.json")).context("the base run has no tokenizer.json")?;
-    write_atomic(&args.out.join("tokenizer.json"), &tokenizer)?;
+    merge_into(&args.base, &args.adapter, &args.out, args.overwrite)?;
     println!("merged {} into {}: {}", args.adapter.display(), args.base.display(), args.out.display());
     Ok(())
 }

@@ -82,11 +82,22 @@ impl GptConfig {
 
     /// Checks the shape makes sense before anything is allocated.
     pub fn validate(&self) -> Result<(), String> {
-        if self.vocab_size == 0 || self.context_length == 0 || self.n_layers == 0 {
-            return Err("vocab_size, context_length and n_layers must be positive".into());
+        if self.vocab_size == 0 || self.context_length == 0 || self.n_layers == 0 || self.d_model == 0 {
+            return Err("vocab_size, context_length, d_model and n_layers must be positive".into());
         }
         if self.n_heads == 0 || !self.d_model.is_multiple_of(self.n_heads) {
             return Err(format!("d_model ({}) must be a multiple of n_heads ({})", self.d_model, self.n_heads));
+        }
+        // Far beyond any model trained today, and small enough that the
+        // parameter count cannot overflow.
+        let limits = [
+            ("vocab_size", self.vocab_size, 1 << 20),
+            ("context_length", self.context_length, 1 << 20),
+            ("d_model", self.d_model, 1 << 16),
+            ("n_layers", self.n_layers, 1 << 10),
+        ];
+        if let Some((name, value, max)) = limits.into_iter().find(|(_, value, max)| value > max) {
+            return Err(format!("{name} {value} is beyond this project's limit of {max}"));
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(format!("dropout must be in [0, 1), got {}", self.dropout));

@@ -45,3 +45,27 @@ pub fn human(n: usize) -> String {
         n => n.to_string(),
     }
 }
+
+/// Every parameter's path and shape, in visiting order: `("blocks.0.mlp.fc.base.weight", [128, 512])`.
+/// What a checkpoint must match to load into a model.
+pub fn param_shapes<B: Backend, M: Module<B>>(module: &M) -> Vec<(String, Vec<usize>)> {
+    #[derive(Default)]
+    struct Shapes {
+        path: Vec<String>,
+        found: Vec<(String, Vec<usize>)>,
+    }
+    impl<B: Backend> ModuleVisitor<B> for Shapes {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            self.found.push((self.path.join("."), param.val().dims().to_vec()));
+        }
+    }
+    let mut shapes = Shapes::default();
+    module.visit(&mut shapes);
+    shapes.found
+}

@@ -11,7 +11,7 @@ use crate::config::{ComputeConfig, GptConfig};
 use crate::gpt::Gpt;
 use crate::kv_cache::KvCache;
 use crate::loss::{cross_entropy, masked_cross_entropy};
-use crate::params::count_params;
+use crate::params::{count_params, param_shapes};
 
 fn small_cfg() -> GptConfig {
     GptConfig::tiny(97).with_d_model(32).with_n_heads(4).with_n_layers(2).with_context_length(16).with_dropout(0.0)
@@ -167,4 +167,15 @@ fn tiny_model_overfits_one_batch() {
     }
     assert!(first.unwrap() > 3.5, "should start near ln 64 = 4.16");
     assert!(last < 0.5, "loss only fell to {last}");
+}
+
+#[test]
+fn parameter_paths_and_shapes_name_every_tensor() {
+    let model = Gpt::<Cpu>::new(&small_cfg(), &Default::default());
+    let shapes = param_shapes(&model);
+    assert_eq!(shapes.iter().map(|(_, d)| d.iter().product::<usize>()).sum::<usize>(), small_cfg().num_params());
+    let find = |path: &str| shapes.iter().find(|(p, _)| p == path).map(|(_, d)| d.clone());
+    assert_eq!(find("token_emb.weight"), Some(vec![97, 32]));
+    assert_eq!(find("blocks.1.mlp.fc.base.weight"), Some(vec![32, 128]));
+    assert_eq!(find("blocks.0.attention.query.base.bias"), Some(vec![32]));
 }

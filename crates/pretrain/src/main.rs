@@ -19,6 +19,7 @@ use data::{Corpus, WindowDataset, train_val_split};
 use kernels::AutodiffBackend;
 use model::{Gpt, GptConfig, count_params};
 use serde::{Deserialize, Serialize};
+use train::args::range;
 use train::checkpoint::RunConfig;
 use train::run::{find_in_repo, print_plan, print_sample, start_run};
 use train::tasks::pretrain::PretrainTask;
@@ -44,38 +45,38 @@ struct Args {
     /// (cached in --cache-dir, so later runs reuse it).
     #[arg(long)]
     tokenizer: Option<PathBuf>,
-    /// Vocabulary size when training the tokenizer.
-    #[arg(long, default_value_t = 4096)]
+    /// Vocabulary size when training the tokenizer. [260, 1048576]
+    #[arg(long, default_value_t = 4096, value_parser = range::vocabulary)]
     vocab_size: usize,
     /// Model shape: tiny (1.3M parameters), mini (MiniMind-sized) or gpt2-124m.
     #[arg(long, default_value = "tiny")]
     preset: String,
-    /// Override the preset's width.
-    #[arg(long)]
+    /// Override the preset's width (a multiple of the heads). [≥ 1]
+    #[arg(long, value_parser = range::at_least_one)]
     d_model: Option<usize>,
-    /// Override the preset's number of transformer blocks.
-    #[arg(long)]
+    /// Override the preset's number of transformer blocks. [≥ 1]
+    #[arg(long, value_parser = range::at_least_one)]
     n_layers: Option<usize>,
-    /// Override the preset's attention heads per block.
-    #[arg(long)]
+    /// Override the preset's attention heads per block. [≥ 1]
+    #[arg(long, value_parser = range::at_least_one)]
     n_heads: Option<usize>,
-    /// Override the preset's context length (longest sequence the model can see).
-    #[arg(long)]
+    /// Override the preset's context length (longest sequence the model can see). [≥ 1]
+    #[arg(long, value_parser = range::at_least_one)]
     context_length: Option<usize>,
-    /// Override the preset's dropout probability.
-    #[arg(long)]
+    /// Override the preset's dropout probability. [0, 1)
+    #[arg(long, value_parser = range::probability)]
     dropout: Option<f64>,
-    /// Tokens per training window (default: the model's context length).
-    #[arg(long)]
+    /// Tokens per training window (default: the model's context length). [1, context length]
+    #[arg(long, value_parser = range::at_least_one)]
     max_seq_len: Option<usize>,
-    /// Distance between the starts of consecutive windows (default: --max-seq-len, no overlap).
-    #[arg(long)]
+    /// Distance between the starts of consecutive windows (default: --max-seq-len, no overlap). [≥ 1]
+    #[arg(long, value_parser = range::at_least_one)]
     stride: Option<usize>,
-    /// Share of the token stream held out for validation (taken from its end).
-    #[arg(long, default_value_t = 0.1)]
+    /// Share of the token stream held out for validation (taken from its end). (0, 1)
+    #[arg(long, default_value_t = 0.1, value_parser = range::part)]
     val_ratio: f64,
-    /// Train on a random subset of this many windows.
-    #[arg(long)]
+    /// Train on a random subset of this many windows. [≥ 1]
+    #[arg(long, value_parser = range::at_least_one)]
     max_samples: Option<usize>,
     /// Skip (and count) JSONL lines that are not JSON or lack "text", instead of stopping.
     #[arg(long)]
@@ -133,13 +134,10 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
     // unless --max-seq-len says otherwise.
     let model_cfg = model_config(&args, tokenizer.vocab_size())?;
     let seq_len = args.max_seq_len.unwrap_or(model_cfg.context_length);
-    if seq_len == 0 || seq_len > model_cfg.context_length {
+    if seq_len > model_cfg.context_length {
         bail!("--max-seq-len {seq_len} must be between 1 and the model's context length {}", model_cfg.context_length);
     }
     let stride = args.stride.unwrap_or(seq_len);
-    if stride == 0 {
-        bail!("--stride must be at least 1");
-    }
     let (train_range, val_range) = train_val_split(tokens.len(), args.val_ratio);
     let mut train_set = WindowDataset::new(tokens.clone(), train_range.clone(), seq_len, stride);
     if let Some(max) = args.max_samples {
@@ -152,8 +150,10 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
     }
 
     // -----------------------------------------------------------------------
-    // 4. Model
+    // 4. Model (once it is known to fit)
     // -----------------------------------------------------------------------
+    let batch = args.train.batch_size;
+    let memory = train::memory::check(&model_cfg, model_cfg.num_params(), batch, seq_len, &args.train.device)?;
     let model = Gpt::<B>::new(&model_cfg, device);
 
     // -----------------------------------------------------------------------
@@ -161,6 +161,7 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
     // -----------------------------------------------------------------------
     let plan = Plan::new(train_set.len(), &args.train)?;
     print_plan(count_params(&model), train_range.len(), val_range.len(), &plan, seq_len);
+    println!("{memory}");
     if args.train.dry_run {
         return Ok(());
     }
@@ -177,8 +178,11 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
     // 6. Train
     // -----------------------------------------------------------------------
     let mut task = PretrainTask { train: train_set, val: val_set };
-    let stop = train::trainer::stop_on_ctrl_c();
-    let outcome = train::train(model, &mut task, &args.train, device, stop, "pretraining")?;
+    let stop = train::stop::stop_on_signals();
+    let outcome = train::train(model, &mut task, &args.train, device, stop.flag(), "pretraining")?;
+    if outcome.interrupted {
+        return Err(stop.interrupted().into());
+    }
 
     // -----------------------------------------------------------------------
     // 7. Summary and a sample
@@ -197,9 +201,6 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
     let prompt: Vec<u32> = (val_range.start..val_range.start + 8).map(|i| tokens.get(i)).collect();
     let valid = burn::module::AutodiffModule::valid(&outcome.model);
     println!("sample:\n{}", print_sample(&valid, &tokenizer, &prompt, 80, args.train.seed));
-    if outcome.interrupted {
-        println!("(stopped early; continue with --resume)");
-    }
     Ok(())
 }
 

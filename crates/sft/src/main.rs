@@ -17,8 +17,9 @@ use data::sft::{SftDataset, pad_id};
 use kernels::AutodiffBackend;
 use model::count_params;
 use serde::{Deserialize, Serialize};
+use train::args::range;
 use train::checkpoint::RunConfig;
-use train::run::{find_in_repo, load_init, load_questions, print_plan, start_run};
+use train::run::{find_in_repo, load_init, load_questions, percent_change, print_plan, start_run};
 use train::tasks::eval::reply;
 use train::tasks::sft::SftTask;
 use train::{Plan, TrainArgs, run_on_device};
@@ -46,16 +47,16 @@ struct Args {
     #[arg(long, default_value = "data/sft_eval.jsonl")]
     eval_data: PathBuf,
     /// Longest conversation in tokens (default: the model's context length); longer ones are cut.
-    #[arg(long)]
+    #[arg(long, value_parser = range::at_least_one)]
     max_seq_len: Option<usize>,
     /// Held-out questions scored for answer accuracy at each evaluation (0 = all).
     #[arg(long, default_value_t = 100)]
     eval_questions: usize,
-    /// Longest reply generated when scoring an answer.
-    #[arg(long, default_value_t = 32)]
+    /// Longest reply generated when scoring an answer. [≥ 1]
+    #[arg(long, default_value_t = 32, value_parser = range::at_least_one)]
     max_answer_tokens: usize,
-    /// Override the dropout of the initial model's config.
-    #[arg(long)]
+    /// Override the dropout of the initial model's config. [0, 1)
+    #[arg(long, value_parser = range::probability)]
     dropout: Option<f64>,
     /// Skip (and count) malformed lines instead of stopping at the first.
     #[arg(long)]
@@ -90,14 +91,15 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
     // -----------------------------------------------------------------------
     // 2. Tokenizer and the pretrained model
     // -----------------------------------------------------------------------
-    let (tokenizer, model_cfg, model) = load_init::<B>(&args.init, args.dropout, device)?;
+    let stages = ["pretrain", "sft", "dpo", "lora-merged"];
+    let (tokenizer, model_cfg, model) = load_init::<B>(&args.init, &stages, args.dropout, device)?;
 
     // -----------------------------------------------------------------------
     // 3. Data: conversations → ids and loss masks
     // -----------------------------------------------------------------------
     let seq_len = args.max_seq_len.unwrap_or(model_cfg.context_length);
     anyhow::ensure!(
-        seq_len > 0 && seq_len <= model_cfg.context_length,
+        seq_len <= model_cfg.context_length,
         "--max-seq-len {seq_len} must be between 1 and the model's context length {}",
         model_cfg.context_length
     );
@@ -122,7 +124,12 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
     let plan = Plan::new(train_set.examples.len(), &args.train)?;
     let train_tokens: usize = train_set.examples.iter().map(|e| e.ids.len()).sum();
     let val_tokens: usize = val_set.examples.iter().map(|e| e.ids.len()).sum();
-    print_plan(count_params(&model), train_tokens, val_tokens, &plan, seq_len);
+    let counts = count_params(&model);
+    print_plan(counts, train_tokens, val_tokens, &plan, seq_len);
+    println!(
+        "{}",
+        train::memory::check(&model_cfg, counts.trainable, args.train.batch_size, seq_len, &args.train.device)?
+    );
     println!("accuracy:   scored on {} held-out questions (greedy reply must contain the answer)", questions.len());
     if args.train.dry_run {
         return Ok(());
@@ -149,22 +156,22 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
         pad_id: pad,
         max_answer_tokens: args.max_answer_tokens,
     };
-    let stop = train::trainer::stop_on_ctrl_c();
-    let outcome = train::train(model, &mut task, &args.train, device, stop, "supervised fine-tuning")?;
+    let stop = train::stop::stop_on_signals();
+    let outcome = train::train(model, &mut task, &args.train, device, stop.flag(), "supervised fine-tuning")?;
+    if outcome.interrupted {
+        return Err(stop.interrupted().into());
+    }
 
     // -----------------------------------------------------------------------
     // 6. Summary: what fine-tuning changed, and one answer
     // -----------------------------------------------------------------------
     let evals: Vec<_> = outcome.log.events.iter().filter(|e| e.split == "val").collect();
     if let (Some(first), Some(last)) = (evals.first(), evals.last()) {
-        let acc =
-            |e: &train::metrics::Event| e.extra.get("answer_accuracy").and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
         println!(
-            "validation loss {:.3} → {:.3}; answer accuracy {:.1}% → {:.1}% (step {} → {}, {:.0} s)",
+            "validation loss {:.3} → {:.3}; answer accuracy {} (step {} → {}, {:.0} s)",
             first.loss,
             last.loss,
-            100.0 * acc(first),
-            100.0 * acc(last),
+            percent_change(first, last, "answer_accuracy"),
             first.step,
             last.step,
             last.elapsed_s

@@ -1,9 +1,13 @@
 //! Saving a LoRA adapter alone, and putting it back on its base model.
 //!
 //! ```text
-//! <out>/adapter.json   rank, alpha, targets, and which base model (path + hash of its weights)
+//! <out>/adapter.json   rank, alpha, targets, which base model (path + hash of its weights),
+//!                      and the CRC-32 of adapter.mpk
 //! <out>/adapter.mpk    the A and B matrices only
 //! ```
+//!
+//! And `lora merge`'s work: folding an adapter into its base, as a run
+//! directory of its own.
 
 use std::path::{Path, PathBuf};
 
@@ -13,10 +17,14 @@ use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use data::util::{fnv1a, write_atomic};
 use kernels::Backend;
 use model::lora::LoraConfig;
+use model::params::param_shapes;
 use model::{Gpt, GptConfig};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{checkpoint_dir, load_run_model};
+use crate::checkpoint::{
+    RunConfig, check_shapes, checkpoint_dir, load_run_model, read_checked, save_checkpoint, save_run_config,
+};
+use crate::run_dir::{check_replaceable, prepare_out_dir, require_stage};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AdapterConfig {
@@ -26,6 +34,9 @@ pub struct AdapterConfig {
     /// Hash of that run's model.mpk: an adapter only makes sense on exactly
     /// the weights it learned a correction for.
     pub base_hash: u64,
+    /// CRC-32 of adapter.mpk, checked before loading (None: written before checksums were).
+    #[serde(default)]
+    pub adapter_crc32: Option<u32>,
 }
 
 /// Hash of a run's weights file.
@@ -41,7 +52,8 @@ pub fn save_adapter<B: Backend>(out: &Path, model: &Gpt<B>, config: &AdapterConf
     let adapters = model.lora_adapters();
     let bytes = Recorder::<B>::record(&recorder, adapters.into_record(), ())?;
     write_atomic(&out.join("adapter.mpk"), &bytes)?;
-    write_atomic(&out.join("adapter.json"), serde_json::to_string_pretty(config)?.as_bytes())?;
+    let config = AdapterConfig { adapter_crc32: Some(crc32fast::hash(&bytes)), ..config.clone() };
+    write_atomic(&out.join("adapter.json"), serde_json::to_string_pretty(&config)?.as_bytes())?;
     Ok(bytes.len() as u64)
 }
 
@@ -68,13 +80,58 @@ pub fn load_with_adapter<B: Backend>(
     let (model_config, model) = load_run_model::<B>(base, device)?;
     let model = model.with_lora(&config.lora, device);
     let recorder = NamedMpkBytesRecorder::<FullPrecisionSettings>::default();
-    let bytes = std::fs::read(adapter.join("adapter.mpk"))
-        .with_context(|| format!("--adapter {}: no adapter.mpk here", adapter.display()))?;
-    let record = recorder
-        .load(bytes, device)
-        .with_context(|| format!("{}/adapter.mpk does not match its adapter.json", adapter.display()))?;
-    let adapters = model.lora_adapters().load_record(record);
+    let path = adapter.join("adapter.mpk");
+    let bytes = read_checked(&path, config.adapter_crc32)?;
+    let record: Vec<_> =
+        recorder.load(bytes, device).with_context(|| format!("{} is not an adapter file", path.display()))?;
+    let fresh = model.lora_adapters();
+    if record.len() != fresh.len() {
+        bail!(
+            "{} holds {} adapters, but its adapter.json puts {} on this model",
+            path.display(),
+            record.len(),
+            fresh.len()
+        );
+    }
+    let expected = param_shapes(&fresh);
+    let adapters = fresh.load_record(record);
+    check_shapes(&path, &expected, &param_shapes(&adapters))?;
     Ok((model_config, model.load_lora_adapters(adapters), config))
+}
+
+/// `lora merge`: the base of `base` with the adapter of `adapter` folded in
+/// (W ← W + (alpha/rank)·A·B), written as a run directory at `out`. It is
+/// built in a folder beside `out` and renamed into place, so `out` is
+/// either untouched or complete; `out` may be neither input, and an
+/// existing run there is replaced only with `overwrite`.
+pub fn merge_into(base: &Path, adapter: &Path, out: &Path, overwrite: bool) -> Result<()> {
+    type B = kernels::Cpu;
+    let same = |a: &Path, b: &Path| a.canonicalize().ok().is_some_and(|a| b.canonicalize().ok() == Some(a));
+    if same(out, base) || same(out, adapter) {
+        bail!("--out {} is one of the inputs: the merged model needs a folder of its own", out.display());
+    }
+    check_replaceable(out, overwrite)?;
+    require_stage(adapter, "--adapter", &["lora"])?;
+    let device = Default::default();
+    let (model_config, model, adapter_config) = load_with_adapter::<B>(base, adapter, &device)?;
+    let merged = model.merge_lora();
+
+    let name = out.file_name().with_context(|| format!("--out {}: needs a folder name", out.display()))?;
+    let tmp = out.with_file_name(format!("{}.merging", name.to_string_lossy()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).with_context(|| format!("cannot remove {}", tmp.display()))?;
+    }
+    prepare_out_dir(&tmp, "lora-merged", false, false, &model_config)?;
+    let args = (base, adapter, &adapter_config.lora);
+    save_run_config(&tmp, &RunConfig { stage: "lora-merged".into(), model: model_config, args })?;
+    save_checkpoint(&tmp, &merged, None, &Default::default())?;
+    let tokenizer = base.join("tokenizer.json");
+    let bytes = std::fs::read(&tokenizer).with_context(|| format!("cannot read {}", tokenizer.display()))?;
+    write_atomic(&tmp.join("tokenizer.json"), &bytes)?;
+    if out.exists() {
+        std::fs::remove_dir_all(out).with_context(|| format!("cannot replace {}", out.display()))?;
+    }
+    std::fs::rename(&tmp, out).with_context(|| format!("cannot move {} to {}", tmp.display(), out.display()))
 }
 
 #[cfg(test)]
@@ -85,24 +142,23 @@ mod tests {
     use model::lora::LoraTarget;
 
     use super::*;
-    use crate::checkpoint::{RunConfig, save_checkpoint, save_run_config};
 
     fn save_run(dir: &Path, model: &Gpt<Cpu>, cfg: &GptConfig) {
-        std::fs::create_dir_all(dir).unwrap();
+        prepare_out_dir(dir, "sft", false, true, cfg).unwrap();
         save_run_config(dir, &RunConfig { stage: "sft".into(), model: cfg.clone(), args: () }).unwrap();
-        save_checkpoint(dir, model, Vec::new(), &Default::default()).unwrap();
+        save_checkpoint(dir, model, None, &Default::default()).unwrap();
+        std::fs::write(dir.join("tokenizer.json"), "{}").unwrap(); // merge copies it, nothing reads it here
     }
 
-    #[test]
-    fn adapters_round_trip_and_refuse_another_base() {
-        let root = std::env::temp_dir().join(format!("minigpt-adapter-{}", std::process::id()));
-        std::fs::remove_dir_all(&root).ok();
+    /// A base run and a trained-looking adapter on it, in `root`.
+    fn fixture(root: &Path) -> (GptConfig, Gpt<Cpu>) {
+        std::fs::remove_dir_all(root).ok();
         let device = Default::default();
         let cfg = GptConfig::tiny(40).with_d_model(32).with_n_layers(2).with_context_length(16).with_dropout(0.0);
-        let base = Gpt::<Cpu>::new(&cfg, &device);
-        save_run(&root.join("base"), &base, &cfg);
+        save_run(&root.join("base"), &Gpt::<Cpu>::new(&cfg, &device), &cfg);
+        let (_, base) = load_run_model::<Cpu>(&root.join("base"), &device).unwrap();
         let lora = LoraConfig { rank: 2, alpha: 4.0, dropout: 0.0, targets: vec![LoraTarget::Q, LoraTarget::V] };
-        let mut tuned = base.clone().with_lora(&lora, &device);
+        let mut tuned = base.with_lora(&lora, &device);
         // Give the adapter non-zero weights, as training would.
         let adapters = tuned.lora_adapters().into_iter().map(|mut a| {
             a.b = burn::module::Param::from_tensor(Tensor::ones(a.b.val().dims(), &device));
@@ -110,21 +166,69 @@ mod tests {
         });
         tuned = tuned.load_lora_adapters(adapters.collect());
         let adapter_dir = root.join("adapter");
-        std::fs::create_dir_all(&adapter_dir).unwrap();
-        let config =
-            AdapterConfig { lora, base: root.join("base"), base_hash: weights_hash(&root.join("base")).unwrap() };
-        let size = save_adapter(&adapter_dir, &tuned, &config).unwrap();
+        prepare_out_dir(&adapter_dir, "lora", false, false, &cfg).unwrap();
+        let base_hash = weights_hash(&root.join("base")).unwrap();
+        let config = AdapterConfig { lora, base: root.join("base"), base_hash, adapter_crc32: None };
+        save_adapter(&adapter_dir, &tuned, &config).unwrap();
+        (cfg, tuned)
+    }
+
+    fn logits(model: &Gpt<Cpu>) -> TensorData {
+        let x: Tensor<Cpu, 2, Int> =
+            Tensor::from_data(TensorData::new(vec![1i64, 5, 9, 2], [1, 4]), &Default::default());
+        model.forward(x, None).into_data()
+    }
+
+    #[test]
+    fn adapters_round_trip_and_refuse_another_base_or_a_damaged_file() {
+        let root = std::env::temp_dir().join(format!("minigpt-adapter-{}", std::process::id()));
+        let (cfg, tuned) = fixture(&root);
+        let (base, adapter) = (root.join("base"), root.join("adapter"));
+        let size = std::fs::metadata(adapter.join("adapter.mpk")).unwrap().len();
         let full = std::fs::metadata(root.join("base/checkpoint/model.mpk")).unwrap().len();
         assert!(size * 5 < full, "adapter {size} B vs model {full} B");
 
-        let (_, loaded, _) = load_with_adapter::<Cpu>(&root.join("base"), &adapter_dir, &device).unwrap();
-        let x: Tensor<Cpu, 2, Int> = Tensor::from_data(TensorData::new(vec![1i64, 5, 9, 2], [1, 4]), &device);
-        loaded.forward(x.clone(), None).into_data().assert_eq(&tuned.forward(x, None).into_data(), true);
+        let (_, loaded, _) = load_with_adapter::<Cpu>(&base, &adapter, &Default::default()).unwrap();
+        logits(&loaded).assert_eq(&logits(&tuned), true);
 
-        let other = Gpt::<Cpu>::new(&cfg, &device); // different random weights
-        save_run(&root.join("other"), &other, &cfg);
-        let err = load_with_adapter::<Cpu>(&root.join("other"), &adapter_dir, &device).err().unwrap().to_string();
-        assert!(err.contains("was trained on other base weights"), "{err}");
+        save_run(&root.join("other"), &Gpt::<Cpu>::new(&cfg, &Default::default()), &cfg); // other weights
+        let err = load_with_adapter::<Cpu>(&root.join("other"), &adapter, &Default::default()).err().unwrap();
+        assert!(err.to_string().contains("was trained on other base weights"), "{err}");
+
+        let mut bytes = std::fs::read(adapter.join("adapter.mpk")).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(adapter.join("adapter.mpk"), &bytes).unwrap();
+        let err = load_with_adapter::<Cpu>(&base, &adapter, &Default::default()).err().unwrap().to_string();
+        assert!(err.contains("adapter.mpk is damaged"), "{err}");
+        std::fs::remove_dir_all(root).ok();
+    }
+
+    #[test]
+    fn merge_writes_a_folder_of_its_own_and_replaces_only_its_own_runs() {
+        let root = std::env::temp_dir().join(format!("minigpt-merge-{}", std::process::id()));
+        let (_, tuned) = fixture(&root);
+        let (base, adapter, out) = (root.join("base"), root.join("adapter"), root.join("merged"));
+        for input in [&base, &adapter] {
+            let err = merge_into(&base, &adapter, input, true).unwrap_err().to_string();
+            assert!(err.contains("is one of the inputs"), "{err}");
+        }
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::write(out.join("notes.txt"), "mine").unwrap();
+        let err = merge_into(&base, &adapter, &out, true).unwrap_err().to_string();
+        assert!(err.contains("holds files this project did not write (notes.txt)"), "{err}");
+        std::fs::remove_file(out.join("notes.txt")).unwrap();
+
+        merge_into(&base, &adapter, &out, false).unwrap();
+        let (_, merged) = load_run_model::<Cpu>(&out, &Default::default()).unwrap();
+        logits(&merged).assert_approx_eq::<f32>(&logits(&tuned), burn::tensor::Tolerance::absolute(1e-5));
+        assert!(!out.join("checkpoint/optimizer.mpk").exists(), "a merged model has no training to resume");
+        let err = merge_into(&base, &adapter, &out, false).unwrap_err().to_string();
+        assert!(err.contains("already holds a lora-merged run: pass --overwrite"), "{err}");
+        merge_into(&base, &adapter, &out, true).unwrap();
+        assert!(
+            std::fs::read_dir(&root).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().ends_with(".merging"))
+        );
         std::fs::remove_dir_all(root).ok();
     }
 }

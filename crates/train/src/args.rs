@@ -20,26 +20,26 @@ pub struct TrainArgs {
     /// needs a build with `--features flex`), or `cuda` / `cuda:N` (needs `--features cuda`).
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Passes over the training data. One epoch = (examples / batch size / grad accum) optimizer steps.
-    #[arg(long, default_value_t = 1)]
+    /// Passes over the training data. One epoch = (examples / batch size / grad accum) optimizer steps. [≥ 1]
+    #[arg(long, default_value_t = 1, value_parser = range::at_least_one)]
     pub epochs: usize,
-    /// Stop after this many optimizer steps, whatever --epochs says.
-    #[arg(long)]
+    /// Stop after this many optimizer steps, whatever --epochs says. [≥ 1]
+    #[arg(long, value_parser = range::at_least_one)]
     pub max_steps: Option<usize>,
-    /// Examples per micro-batch: what must fit in memory at once.
-    #[arg(long, default_value_t = 16)]
+    /// Examples per micro-batch: what must fit in memory at once. [≥ 1]
+    #[arg(long, default_value_t = 16, value_parser = range::at_least_one)]
     pub batch_size: usize,
     /// Micro-batches per optimizer step. Effective batch = batch size × grad accum:
-    /// a large batch's gradient at a small batch's memory cost.
-    #[arg(long, default_value_t = 1)]
+    /// a large batch's gradient at a small batch's memory cost. [≥ 1]
+    #[arg(long, default_value_t = 1, value_parser = range::at_least_one)]
     pub grad_accum: usize,
-    /// Peak learning rate.
-    #[arg(long, default_value_t = 1e-3)]
+    /// Peak learning rate. [> 0]
+    #[arg(long, default_value_t = 1e-3, value_parser = range::positive)]
     pub lr: f64,
-    /// Learning rate at the end of the cosine or linear decay.
-    #[arg(long, default_value_t = 1e-4)]
+    /// Learning rate at the end of the cosine or linear decay. [0, --lr]
+    #[arg(long, default_value_t = 1e-4, value_parser = range::non_negative)]
     pub min_lr: f64,
-    /// Steps of linear warmup from ~0 to --lr.
+    /// Steps of linear warmup from ~0 to --lr. [≥ 0]
     #[arg(long, default_value_t = 0)]
     pub warmup_steps: usize,
     /// Learning-rate schedule.
@@ -48,26 +48,33 @@ pub struct TrainArgs {
     /// Optimizer.
     #[arg(long, value_enum, default_value = "adamw")]
     pub optimizer: OptimizerKind,
-    /// Weight decay on weight matrices (not biases, LayerNorm or embeddings).
-    #[arg(long, default_value_t = 0.1)]
+    /// Weight decay on weight matrices (not biases, LayerNorm or embeddings). [≥ 0]
+    #[arg(long, default_value_t = 0.1, value_parser = range::non_negative)]
     pub weight_decay: f64,
-    /// Clip the global gradient norm to this value (0 = off).
-    #[arg(long, default_value_t = 1.0)]
+    /// Clip the global gradient norm to this value (0 = off). [≥ 0]
+    #[arg(long, default_value_t = 1.0, value_parser = range::non_negative)]
     pub clip_norm: f64,
-    /// Clamp every gradient element into [-v, v] (off unless given).
-    #[arg(long)]
+    /// Clamp every gradient element into [-v, v] (off unless given). [> 0]
+    #[arg(long, value_parser = range::positive)]
     pub clip_value: Option<f64>,
-    /// Evaluate on the validation set every N optimizer steps (and at step 0 and the end).
-    #[arg(long, default_value_t = 50)]
+    /// Stop as diverged when the training loss, smoothed over about ten
+    /// steps, exceeds this many times its lowest value, or a validation loss
+    /// this many times the best (and at least one nat more); a loss that is
+    /// not a number always stops the run. The last good checkpoint is kept.
+    /// [0 = only NaN, or ≥ 1]
+    #[arg(long, default_value_t = 4.0, value_parser = range::divergence)]
+    pub divergence_factor: f64,
+    /// Evaluate on the validation set every N optimizer steps (and at step 0 and the end). [≥ 1]
+    #[arg(long, default_value_t = 50, value_parser = range::at_least_one)]
     pub eval_interval: usize,
-    /// Validation batches per evaluation (the same ones every time).
-    #[arg(long, default_value_t = 20)]
+    /// Validation batches per evaluation (the same ones every time). [≥ 1]
+    #[arg(long, default_value_t = 20, value_parser = range::at_least_one)]
     pub eval_batches: usize,
-    /// Write a training-loss event every N optimizer steps.
-    #[arg(long, default_value_t = 10)]
+    /// Write a training-loss event every N optimizer steps. [≥ 1]
+    #[arg(long, default_value_t = 10, value_parser = range::at_least_one)]
     pub log_interval: usize,
-    /// Save a checkpoint every N optimizer steps (and at the end, and on Ctrl-C).
-    #[arg(long, default_value_t = 200)]
+    /// Save a checkpoint every N optimizer steps (and at the end, and when stopped by a signal). [≥ 1]
+    #[arg(long, default_value_t = 200, value_parser = range::at_least_one)]
     pub save_interval: usize,
     /// Seed for initialisation, shuffling, dropout and sampling.
     #[arg(long, default_value_t = 1337)]
@@ -112,31 +119,104 @@ impl TrainArgs {
         Cli::from_arg_matches(&matches).expect("flags parsed above").train
     }
 
-    /// Checks the numbers make sense together, naming the flag at fault.
+    /// Checks what the flags' own ranges cannot: how they fit together.
     pub fn validate(&self) -> anyhow::Result<()> {
-        let positive = [
-            ("--batch-size", self.batch_size),
-            ("--grad-accum", self.grad_accum),
-            ("--eval-interval", self.eval_interval),
-            ("--log-interval", self.log_interval),
-            ("--save-interval", self.save_interval),
-        ];
-        for (flag, value) in positive {
-            anyhow::ensure!(value > 0, "{flag} must be at least 1");
-        }
-        anyhow::ensure!(self.lr > 0.0 && self.lr.is_finite(), "--lr must be a positive number, got {}", self.lr);
-        anyhow::ensure!(
-            self.min_lr >= 0.0 && self.min_lr <= self.lr,
-            "--min-lr must be between 0 and --lr ({})",
-            self.lr
-        );
-        anyhow::ensure!(
-            self.epochs > 0 || self.max_steps.is_some(),
-            "--epochs must be at least 1 (or give --max-steps)"
-        );
-        if let Some(v) = self.clip_value {
-            anyhow::ensure!(v > 0.0, "--clip-value must be positive");
-        }
+        anyhow::ensure!(self.min_lr <= self.lr, "--min-lr ({}) must not exceed --lr ({})", self.min_lr, self.lr);
         Ok(())
+    }
+}
+
+/// Parsers for numeric flags, shared by every stage: a value out of range
+/// is refused when the command line is read, with the range in the error
+/// (and in each flag's `--help` line, in brackets).
+pub mod range {
+    fn number<T: std::str::FromStr>(s: &str) -> Result<T, String> {
+        s.trim().parse().map_err(|_| format!("`{s}` is not a number of the expected kind"))
+    }
+
+    fn finite(s: &str) -> Result<f64, String> {
+        let x: f64 = number(s)?;
+        if x.is_finite() { Ok(x) } else { Err(format!("`{s}` is not a finite number")) }
+    }
+
+    /// A count of at least 1.
+    pub fn at_least_one(s: &str) -> Result<usize, String> {
+        match number(s)? {
+            0 => Err("must be at least 1".into()),
+            n => Ok(n),
+        }
+    }
+
+    /// A finite number above 0.
+    pub fn positive(s: &str) -> Result<f64, String> {
+        let x = finite(s)?;
+        if x > 0.0 { Ok(x) } else { Err(format!("must be above 0, got {x}")) }
+    }
+
+    /// A finite number, 0 or above.
+    pub fn non_negative(s: &str) -> Result<f64, String> {
+        let x = finite(s)?;
+        if x >= 0.0 { Ok(x) } else { Err(format!("must be 0 or above, got {x}")) }
+    }
+
+    /// A probability that is not certainty: [0, 1) (dropout).
+    pub fn probability(s: &str) -> Result<f64, String> {
+        let x = finite(s)?;
+        if (0.0..1.0).contains(&x) { Ok(x) } else { Err(format!("must be in [0, 1), got {x}")) }
+    }
+
+    /// A share that is not nothing: (0, 1] (top-p).
+    pub fn share(s: &str) -> Result<f64, String> {
+        let x = finite(s)?;
+        if x > 0.0 && x <= 1.0 { Ok(x) } else { Err(format!("must be in (0, 1], got {x}")) }
+    }
+
+    /// A part of a whole, neither none nor all: (0, 1) (the validation split).
+    pub fn part(s: &str) -> Result<f64, String> {
+        let x = finite(s)?;
+        if x > 0.0 && x < 1.0 { Ok(x) } else { Err(format!("must be in (0, 1), got {x}")) }
+    }
+
+    /// DPO's label smoothing: [0, 0.5), since at 0.5 the labels say nothing.
+    pub fn label_smoothing(s: &str) -> Result<f64, String> {
+        let x = finite(s)?;
+        if (0.0..0.5).contains(&x) { Ok(x) } else { Err(format!("must be in [0, 0.5), got {x}")) }
+    }
+
+    /// `--divergence-factor`: 0 (off), or a factor of at least 1.
+    pub fn divergence(s: &str) -> Result<f64, String> {
+        let x = finite(s)?;
+        if x == 0.0 || x >= 1.0 { Ok(x) } else { Err(format!("must be 0 (off) or at least 1, got {x}")) }
+    }
+
+    /// A vocabulary size: room for the 256 bytes and 4 special tokens, and at
+    /// most 2^20 (over four times the largest vocabularies in use).
+    pub fn vocabulary(s: &str) -> Result<usize, String> {
+        match number(s)? {
+            n @ 260..=1_048_576 => Ok(n),
+            n => Err(format!("must be between 260 (256 bytes + 4 special tokens) and 1048576, got {n}")),
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn ranges_refuse_what_they_should_and_say_why() {
+            assert_eq!(at_least_one("3"), Ok(3));
+            assert!(at_least_one("0").unwrap_err().contains("at least 1"));
+            assert!(at_least_one("-1").unwrap_err().contains("not a number"));
+            assert!(positive("0").unwrap_err().contains("above 0"));
+            assert!(positive("nan").unwrap_err().contains("not a finite number"));
+            assert!(positive("inf").is_err());
+            assert_eq!(non_negative("0"), Ok(0.0));
+            assert!(probability("1").unwrap_err().contains("[0, 1)"));
+            assert!(share("0").is_err() && share("1") == Ok(1.0));
+            assert!(part("1").is_err() && part("0.1") == Ok(0.1));
+            assert!(label_smoothing("0.5").is_err());
+            assert!(divergence("0.5").is_err() && divergence("0") == Ok(0.0) && divergence("4") == Ok(4.0));
+            assert!(vocabulary("100").is_err() && vocabulary("99999999999").is_err() && vocabulary("4096") == Ok(4096));
+        }
     }
 }

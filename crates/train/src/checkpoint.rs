@@ -7,7 +7,10 @@
 //! ```
 //! The checkpoint folder is written whole to `checkpoint.tmp/`, then swapped
 //! in by renames: a crash at any moment leaves either the previous
-//! checkpoint or the new one, never a mix.
+//! checkpoint or the new one, never a mix. `state.json` holds a CRC-32 of
+//! each weights file, checked before anything is loaded, so a damaged or
+//! truncated file is reported as such; and a model loads only into a config
+//! whose every tensor has the shape the file holds.
 
 use std::path::{Path, PathBuf};
 
@@ -17,8 +20,11 @@ use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use data::SamplerPosition;
 use data::util::write_atomic;
 use kernels::Backend;
+use model::params::param_shapes;
 use model::{Gpt, GptConfig};
 use serde::{Deserialize, Serialize};
+
+use crate::divergence::LossWatch;
 
 /// Where the loop stands; saved as `state.json`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -31,6 +37,21 @@ pub struct TrainerState {
     pub tokens: usize,
     /// Training seconds so far (excluding time spent stopped).
     pub elapsed_s: f64,
+    /// What the divergence test has seen so far.
+    #[serde(default)]
+    pub watch: LossWatch,
+}
+
+/// `state.json`: the loop's state and the checksums of the files beside it.
+#[derive(Serialize, Deserialize)]
+struct StateFile {
+    #[serde(flatten)]
+    state: TrainerState,
+    /// CRC-32 of model.mpk and of optimizer.mpk (None: written before checksums were).
+    #[serde(default)]
+    model_crc32: Option<u32>,
+    #[serde(default)]
+    optimizer_crc32: Option<u32>,
 }
 
 fn recorder() -> NamedMpkBytesRecorder<FullPrecisionSettings> {
@@ -46,35 +67,89 @@ pub fn model_bytes<B: Backend>(model: &Gpt<B>) -> Result<Vec<u8>> {
     Ok(Recorder::<B>::record(&recorder(), model.clone().into_record(), ())?)
 }
 
-/// Writes `<out>/checkpoint/` atomically.
-pub fn save_checkpoint<B: Backend>(out: &Path, model: &Gpt<B>, optimizer: Vec<u8>, state: &TrainerState) -> Result<()> {
+/// Writes `<out>/checkpoint/` atomically. `optimizer` None (a merged model,
+/// which has no training to resume) writes no optimizer file.
+pub fn save_checkpoint<B: Backend>(
+    out: &Path,
+    model: &Gpt<B>,
+    optimizer: Option<Vec<u8>>,
+    state: &TrainerState,
+) -> Result<()> {
     let dir = checkpoint_dir(out);
     let tmp = out.join("checkpoint.tmp");
     let old = out.join("checkpoint.old");
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp)?;
-    }
+    remove_dir(&tmp)?; // what a crash left half-written
     std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    write_atomic(&tmp.join("model.mpk"), &model_bytes(model)?)?;
-    write_atomic(&tmp.join("optimizer.mpk"), &optimizer)?;
-    write_atomic(&tmp.join("state.json"), serde_json::to_string_pretty(state)?.as_bytes())?;
+    let weights = model_bytes(model)?;
+    write_atomic(&tmp.join("model.mpk"), &weights)?;
+    if let Some(optimizer) = &optimizer {
+        write_atomic(&tmp.join("optimizer.mpk"), optimizer)?;
+    }
+    let file = StateFile {
+        state: state.clone(),
+        model_crc32: Some(crc32fast::hash(&weights)),
+        optimizer_crc32: optimizer.as_deref().map(crc32fast::hash),
+    };
+    write_atomic(&tmp.join("state.json"), serde_json::to_string_pretty(&file)?.as_bytes())?;
     if dir.exists() {
-        if old.exists() {
-            std::fs::remove_dir_all(&old)?;
+        remove_dir(&old)?;
+        std::fs::rename(&dir, &old).with_context(|| format!("cannot move {} aside", dir.display()))?;
+    }
+    std::fs::rename(&tmp, &dir).with_context(|| format!("cannot move {} into place", tmp.display()))?;
+    remove_dir(&old)
+}
+
+fn remove_dir(dir: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("cannot remove {}", dir.display()))
         }
-        std::fs::rename(&dir, &old)?;
+        _ => Ok(()),
     }
-    std::fs::rename(&tmp, &dir)?;
-    if old.exists() {
-        std::fs::remove_dir_all(&old)?;
-    }
-    Ok(())
 }
 
 /// The checkpoint folder to read: `checkpoint/`, or `checkpoint.old/` if a
 /// crash struck between the two renames of `save_checkpoint`.
-fn existing_checkpoint(out: &Path) -> Option<PathBuf> {
+pub fn existing_checkpoint(out: &Path) -> Option<PathBuf> {
     [checkpoint_dir(out), out.join("checkpoint.old")].into_iter().find(|d| d.join("state.json").exists())
+}
+
+/// A checkpoint folder's state and checksums.
+fn read_state(dir: &Path) -> Result<StateFile> {
+    let path = dir.join("state.json");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not a valid trainer state", path.display()))
+}
+
+/// A file's bytes, checked against the CRC-32 its checkpoint recorded.
+pub(crate) fn read_checked(path: &Path, crc32: Option<u32>) -> Result<Vec<u8>> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if let Some(expected) = crc32
+        && crc32fast::hash(&bytes) != expected
+    {
+        bail!(
+            "{} is damaged: its checksum does not match the one saved with it ({} bytes; truncated or altered since)",
+            path.display(),
+            bytes.len()
+        );
+    }
+    Ok(bytes)
+}
+
+/// Checks a `--resume` checkpoint before anything is written: state,
+/// weights and optimizer state present and intact.
+pub fn verify_checkpoint(out: &Path) -> Result<()> {
+    let dir = existing_checkpoint(out).with_context(|| {
+        format!(
+            "--resume: {} holds no checkpoint (expected {}/state.json); run without --resume to start fresh",
+            out.display(),
+            checkpoint_dir(out).display()
+        )
+    })?;
+    let state = read_state(&dir)?;
+    read_checked(&dir.join("model.mpk"), state.model_crc32)?;
+    read_checked(&dir.join("optimizer.mpk"), state.optimizer_crc32)?;
+    Ok(())
 }
 
 /// Loads state, model weights and optimizer bytes for `--resume`.
@@ -83,27 +158,49 @@ pub fn load_checkpoint<B: Backend>(
     model: Gpt<B>,
     device: &B::Device,
 ) -> Result<(Gpt<B>, Vec<u8>, TrainerState)> {
-    let Some(dir) = existing_checkpoint(out) else {
-        bail!(
-            "--resume: {} holds no checkpoint (expected {}/state.json); run without --resume to start fresh",
-            out.display(),
-            checkpoint_dir(out).display()
-        );
-    };
-    let state: TrainerState = serde_json::from_str(&std::fs::read_to_string(dir.join("state.json"))?)
-        .with_context(|| format!("{}/state.json is not a valid trainer state", dir.display()))?;
-    let model = load_weights(&dir.join("model.mpk"), model, device)?;
-    let optimizer = std::fs::read(dir.join("optimizer.mpk"))?;
-    Ok((model, optimizer, state))
+    verify_checkpoint(out)?;
+    let dir = existing_checkpoint(out).expect("verified above");
+    let state = read_state(&dir)?;
+    let model = load_weights(&dir.join("model.mpk"), state.model_crc32, model, device)?;
+    let optimizer = read_checked(&dir.join("optimizer.mpk"), state.optimizer_crc32)?;
+    Ok((model, optimizer, state.state))
 }
 
-/// Loads weights into a model of the right shape.
-pub fn load_weights<B: Backend>(path: &Path, model: Gpt<B>, device: &B::Device) -> Result<Gpt<B>> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let record = recorder()
-        .load(bytes, device)
-        .with_context(|| format!("{} is not a model checkpoint of this shape", path.display()))?;
-    Ok(model.load_record(record))
+/// Loads weights into `model`, which was built from the run's config: every
+/// tensor in the file must have the shape the config gives it.
+fn load_weights<B: Backend>(path: &Path, crc32: Option<u32>, model: Gpt<B>, device: &B::Device) -> Result<Gpt<B>> {
+    let bytes = read_checked(path, crc32)?;
+    let record: model::gpt::GptRecord<B> =
+        recorder().load(bytes, device).with_context(|| format!("{} is not a model checkpoint", path.display()))?;
+    // burn would panic on another number of blocks, and load tensors of
+    // any other shape as they are: both are checked here instead.
+    if record.blocks.len() != model.n_layers() {
+        bail!(
+            "{} holds {} blocks, but its config says n_layers {}",
+            path.display(),
+            record.blocks.len(),
+            model.n_layers()
+        );
+    }
+    let expected = param_shapes(&model);
+    let model = model.load_record(record);
+    check_shapes(path, &expected, &param_shapes(&model))?;
+    Ok(model)
+}
+
+/// The first tensor whose shape differs from the config's, as an error.
+pub fn check_shapes(path: &Path, expected: &[(String, Vec<usize>)], found: &[(String, Vec<usize>)]) -> Result<()> {
+    for (name, shape) in expected {
+        match found.iter().find(|(n, _)| n == name) {
+            Some((_, s)) if s == shape => {}
+            Some((_, s)) => bail!("{}: {name} is {s:?}, but its config makes it {shape:?}", path.display()),
+            None => bail!("{}: the config has a tensor {name} {shape:?} that the file lacks", path.display()),
+        }
+    }
+    if let Some((name, shape)) = found.iter().find(|(n, _)| !expected.iter().any(|(e, _)| e == n)) {
+        bail!("{}: the file has a tensor {name} {shape:?} that its config does not", path.display());
+    }
+    Ok(())
 }
 
 /// The settings saved in `<out>/config.json` by every stage.
@@ -127,8 +224,10 @@ pub fn read_model_config(run: &Path) -> Result<GptConfig> {
         .with_context(|| format!("{} has no config.json: is it a run directory?", run.display()))?;
     let value: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
-    serde_json::from_value(value["model"].clone())
-        .with_context(|| format!("{} has no valid \"model\" section", path.display()))
+    let config: GptConfig = serde_json::from_value(value["model"].clone())
+        .with_context(|| format!("{} has no valid \"model\" section", path.display()))?;
+    config.validate().map_err(|e| anyhow::anyhow!("{}: model shape: {e}", path.display()))?;
+    Ok(config)
 }
 
 /// Loads the trained model of a run directory, ready for use.
@@ -143,13 +242,77 @@ pub fn load_run_model<B: Backend>(run: &Path, device: &B::Device) -> Result<(Gpt
 pub fn load_run_weights<B: Backend>(run: &Path, config: &GptConfig, device: &B::Device) -> Result<Gpt<B>> {
     config.validate().map_err(anyhow::Error::msg)?;
     let dir = existing_checkpoint(run).with_context(|| format!("{} holds no checkpoint/", run.display()))?;
-    load_weights(&dir.join("model.mpk"), Gpt::new(config, device), device)
+    let state = read_state(&dir)?;
+    load_weights(&dir.join("model.mpk"), state.model_crc32, Gpt::new(config, device), device)
 }
 
-/// Which stage wrote a run ("pretrain", "sft", ...), from its config.json.
-pub fn read_stage(run: &Path) -> Result<String> {
-    let text = std::fs::read_to_string(run.join("config.json"))
-        .with_context(|| format!("{} has no config.json", run.display()))?;
-    let value: serde_json::Value = serde_json::from_str(&text)?;
-    Ok(value["stage"].as_str().unwrap_or("pretrain").to_string())
+#[cfg(test)]
+mod tests {
+    use burn::tensor::{Int, Tensor, TensorData};
+    use kernels::Cpu;
+
+    use super::*;
+
+    fn out(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("minigpt-ckpt-{name}-{}", std::process::id()));
+        std::fs::remove_dir_all(&dir).ok();
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn cfg() -> GptConfig {
+        GptConfig::tiny(40).with_d_model(32).with_n_layers(2).with_context_length(8).with_dropout(0.0)
+    }
+
+    fn saved(name: &str) -> (PathBuf, Gpt<Cpu>) {
+        let dir = out(name);
+        save_run_config(&dir, &RunConfig { stage: "pretrain".into(), model: cfg(), args: () }).unwrap();
+        let model = Gpt::<Cpu>::new(&cfg(), &Default::default());
+        save_checkpoint(&dir, &model, Some(vec![7; 100]), &TrainerState { step: 3, ..Default::default() }).unwrap();
+        (dir, model)
+    }
+
+    fn logits(model: &Gpt<Cpu>) -> TensorData {
+        let x = Tensor::<Cpu, 2, Int>::from_data(TensorData::new(vec![1i64, 2, 3], [1, 3]), &Default::default());
+        model.forward(x, None).into_data()
+    }
+
+    #[test]
+    fn weights_round_trip_and_damage_is_named_as_such() {
+        let (dir, model) = saved("damage");
+        let (_, loaded) = load_run_model::<Cpu>(&dir, &Default::default()).unwrap();
+        logits(&loaded).assert_eq(&logits(&model), true);
+        let (_, optimizer, state) =
+            load_checkpoint(&dir, Gpt::<Cpu>::new(&cfg(), &Default::default()), &Default::default()).unwrap();
+        assert_eq!((optimizer, state.step), (vec![7; 100], 3));
+
+        let path = checkpoint_dir(&dir).join("model.mpk");
+        let bytes = std::fs::read(&path).unwrap();
+        let mut flipped = bytes.clone();
+        flipped[bytes.len() / 2] ^= 0x10; // one bit in the middle of the weights
+        for damaged in [flipped, bytes[..bytes.len() - 10].to_vec()] {
+            std::fs::write(&path, damaged).unwrap();
+            let err = format!("{:#}", load_run_model::<Cpu>(&dir, &Default::default()).err().unwrap());
+            assert!(err.contains("model.mpk is damaged: its checksum does not match"), "{err}");
+        }
+        std::fs::write(checkpoint_dir(&dir).join("optimizer.mpk"), [0u8; 3]).unwrap();
+        assert!(format!("{:#}", verify_checkpoint(&dir).unwrap_err()).contains("is damaged"));
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn weights_load_only_into_a_config_of_their_shape() {
+        let (dir, _) = saved("shape");
+        let load = |cfg: &GptConfig| {
+            let err = load_run_weights::<Cpu>(&dir, cfg, &Default::default()).expect_err("refused");
+            format!("{err:#}")
+        };
+        let wider = load(&cfg().with_d_model(64));
+        assert!(wider.contains("token_emb.weight is [40, 32], but its config makes it [40, 64]"), "{wider}");
+        assert!(load(&GptConfig { vocab_size: 50, ..cfg() }).contains("[40, 32], but its config makes it [50, 32]"));
+        assert!(load(&cfg().with_n_layers(3)).contains("holds 2 blocks, but its config says n_layers 3"));
+        let untied = load(&cfg().with_tie_embeddings(false));
+        assert!(untied.contains("the config has a tensor lm_head.weight [32, 40] that the file lacks"), "{untied}");
+        std::fs::remove_dir_all(dir).ok();
+    }
 }

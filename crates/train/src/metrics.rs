@@ -59,7 +59,8 @@ impl MetricsLog {
             .open(&path)
             .with_context(|| format!("cannot write {}", path.display()))?;
         for event in &events {
-            writeln!(file, "{}", serde_json::to_string(event)?)?;
+            writeln!(file, "{}", serde_json::to_string(event)?)
+                .with_context(|| format!("cannot write {}", path.display()))?;
         }
         Ok(Self { path, file, events })
     }
@@ -70,8 +71,10 @@ impl MetricsLog {
 
     /// Appends one event (flushed at once: a crash loses nothing logged).
     pub fn log(&mut self, event: Event) -> Result<()> {
-        writeln!(self.file, "{}", serde_json::to_string(&event)?)?;
-        self.file.flush()?;
+        let line = serde_json::to_string(&event)?;
+        writeln!(self.file, "{line}")
+            .and_then(|_| self.file.flush())
+            .with_context(|| format!("cannot write {}", self.path.display()))?;
         self.events.push(event);
         Ok(())
     }

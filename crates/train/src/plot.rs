@@ -19,8 +19,10 @@ pub fn draw_loss_curves(out: &Path, title: &str, train: &[(f64, f64)], val: &[(f
     let size = (900, 540);
     let text = font_loaded();
     let tmp = out.join("loss.tmp.svg");
-    draw(SVGBackend::new(&tmp, size).into_drawing_area(), title, train, val, text)?;
-    std::fs::rename(&tmp, out.join("loss.svg"))?;
+    draw(SVGBackend::new(&tmp, size).into_drawing_area(), title, train, val, text)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, out.join("loss.svg"))
+        .with_context(|| format!("cannot write {}", out.join("loss.svg").display()))?;
     // The PNG is drawn into memory, then encoded by the `png` crate:
     // plotters' own PNG writer would compile a whole image library (JPEG,
     // BMP and more) into every binary for this one picture.
@@ -28,7 +30,8 @@ pub fn draw_loss_curves(out: &Path, title: &str, train: &[(f64, f64)], val: &[(f
     draw(BitMapBackend::with_buffer(&mut pixels, size).into_drawing_area(), title, train, val, text)?;
     let tmp = out.join("loss.tmp.png");
     write_png(&tmp, size, &pixels)?;
-    std::fs::rename(&tmp, out.join("loss.png"))?;
+    std::fs::rename(&tmp, out.join("loss.png"))
+        .with_context(|| format!("cannot write {}", out.join("loss.png").display()))?;
     Ok(())
 }
 
@@ -38,7 +41,8 @@ fn write_png(path: &Path, size: (u32, u32), rgb: &[u8]) -> Result<()> {
     let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), size.0, size.1);
     encoder.set_color(png::ColorType::Rgb);
     encoder.set_depth(png::BitDepth::Eight);
-    encoder.write_header()?.write_image_data(rgb)?;
+    let written = encoder.write_header().and_then(|mut writer| writer.write_image_data(rgb));
+    written.with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
 

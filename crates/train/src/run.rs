@@ -9,37 +9,9 @@ use data::util::SplitMix64;
 use kernels::Backend;
 use model::{GenerateOptions, Gpt, GptConfig, Sampling, generate};
 
-use crate::checkpoint::{checkpoint_dir, read_model_config};
+use crate::checkpoint::read_model_config;
+use crate::run_dir::{prepare_out_dir, require_stage};
 use crate::trainer::Plan;
-
-/// Makes sure `--out` can be written and that nothing is overwritten by
-/// accident: a fresh run into a folder holding a checkpoint is refused
-/// unless `overwrite`; `--resume` needs weights of the same shape as the
-/// saved run's (other settings, dropout included, may change).
-pub fn prepare_out_dir(out: &Path, resume: bool, overwrite: bool, model: &GptConfig) -> Result<()> {
-    std::fs::create_dir_all(out)
-        .with_context(|| format!("--out {}: cannot create this folder; pick a writable path", out.display()))?;
-    let probe = out.join(".write-test");
-    std::fs::write(&probe, b"")
-        .with_context(|| format!("--out {}: folder is not writable; pick another path", out.display()))?;
-    std::fs::remove_file(probe).ok();
-    let has_checkpoint = checkpoint_dir(out).join("state.json").exists();
-    if resume {
-        let saved = read_model_config(out).context("--resume")?;
-        if let Some(difference) = saved.shape_difference(model) {
-            bail!(
-                "--resume: {} holds a model of another shape ({difference}, saved vs now); use the same --preset and overrides, or a new --out",
-                out.display()
-            );
-        }
-    } else if has_checkpoint && !overwrite {
-        bail!(
-            "--out {} already holds a checkpoint: pass --resume to continue it, --overwrite to start over, or choose another --out",
-            out.display()
-        );
-    }
-    Ok(())
-}
 
 /// The start-up report: model size and the arithmetic of the run.
 pub fn print_plan(
@@ -87,36 +59,73 @@ pub fn find_in_repo(path: &Path) -> std::path::PathBuf {
     if path.exists() || path.is_absolute() || !in_repo.exists() { path.to_path_buf() } else { in_repo }
 }
 
-/// The end of every stage's `main`: print an error as one line, exit non-zero.
+/// A metric's first and last value, as percentages ("0.0% → 3.8%"), or why
+/// there are none (an evaluation set without questions to score).
+pub fn percent_change(first: &crate::metrics::Event, last: &crate::metrics::Event, key: &str) -> String {
+    let get = |e: &crate::metrics::Event| e.extra.get(key).and_then(|v| v.as_f64());
+    match (get(first), get(last)) {
+        (Some(a), Some(b)) => format!("{:.1}% → {:.1}%", 100.0 * a, 100.0 * b),
+        _ => "not measured (no held-out question with an \"answer\")".to_string(),
+    }
+}
+
+/// The end of every stage's `main`: an error printed as one line, and a
+/// non-zero exit; a run stopped by a signal (after saving) exits as the
+/// shell expects of it, 130 for Ctrl-C and 143 for SIGTERM.
 pub fn exit_code(result: Result<()>) -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
+        Err(e) => match e.downcast_ref::<crate::stop::Interrupted>() {
+            Some(stopped) => {
+                eprintln!("{stopped}");
+                std::process::ExitCode::from(stopped.exit_status())
+            }
+            None => {
+                eprintln!("error: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        },
     }
 }
 
 /// What a fine-tuning stage starts from (`--init`): a chat-ready tokenizer,
 /// the model shape (with `dropout` overridden if given) and the weights.
+/// `stages` lists the stages a run must come from (empty: any).
 pub fn load_init<B: Backend>(
     init: &Path,
+    stages: &[&str],
     dropout: Option<f64>,
     device: &B::Device,
 ) -> Result<(Tokenizer, GptConfig, Gpt<B>)> {
     let context = || format!("--init {}", init.display());
+    require_stage(init, "--init", stages)?;
     let tokenizer_path = init.join("tokenizer.json");
     let tokenizer = Tokenizer::load(&tokenizer_path).with_context(context)?;
     data::chat::check_chat_tokens(&tokenizer, &tokenizer_path)?;
     let mut config = read_model_config(init).with_context(context)?;
+    check_vocabulary(&tokenizer, &tokenizer_path, &config)?;
     config.dropout = dropout.unwrap_or(config.dropout);
     let model = crate::checkpoint::load_run_weights::<B>(init, &config, device).with_context(context)?;
     Ok((tokenizer, config, model))
 }
 
-/// Prepares `out` (see `prepare_out_dir`) and writes the run's config.json
-/// and tokenizer.json, so the run directory is usable from its first checkpoint.
+/// A tokenizer whose ids reach past the model's vocabulary would index
+/// outside its embedding table.
+pub fn check_vocabulary(tokenizer: &Tokenizer, tokenizer_path: &Path, config: &GptConfig) -> Result<()> {
+    if tokenizer.vocab_size() > config.vocab_size {
+        bail!(
+            "{} has {} tokens, but the model's vocabulary (vocab_size in config.json) is {}: use the tokenizer the model was trained with",
+            tokenizer_path.display(),
+            tokenizer.vocab_size(),
+            config.vocab_size
+        );
+    }
+    Ok(())
+}
+
+/// Prepares `out` for a run of `config.stage` (see `run_dir::prepare_out_dir`)
+/// and writes the run's config.json and tokenizer.json, so the run
+/// directory is usable from its first checkpoint.
 pub fn start_run<A: serde::Serialize>(
     out: &Path,
     resume: bool,
@@ -124,7 +133,7 @@ pub fn start_run<A: serde::Serialize>(
     config: &crate::checkpoint::RunConfig<A>,
     tokenizer: &Tokenizer,
 ) -> Result<()> {
-    prepare_out_dir(out, resume, overwrite, &config.model)?;
+    prepare_out_dir(out, &config.stage, resume, overwrite, &config.model)?;
     crate::checkpoint::save_run_config(out, config)?;
     tokenizer.save(&out.join("tokenizer.json"))
 }
@@ -152,20 +161,18 @@ pub fn load_questions(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checkpoint::{RunConfig, save_run_config};
 
-    /// `--resume` compares only what decides the weights' shapes: another
-    /// dropout is fine, another width is refused, and the error says which.
+    /// A tokenizer with more ids than the model's vocabulary is refused
+    /// before any id can index past the embedding table.
     #[test]
-    fn resume_allows_another_dropout_and_names_a_changed_shape() {
-        let out = std::env::temp_dir().join(format!("minigpt-resume-shape-{}", std::process::id()));
-        std::fs::remove_dir_all(&out).ok();
-        std::fs::create_dir_all(&out).unwrap();
-        let saved = GptConfig::tiny(40);
-        save_run_config(&out, &RunConfig { stage: "pretrain".into(), model: saved.clone(), args: () }).unwrap();
-        prepare_out_dir(&out, true, false, &saved.clone().with_dropout(0.0)).unwrap();
-        let err = prepare_out_dir(&out, true, false, &saved.with_d_model(64)).unwrap_err();
-        assert!(format!("{err:#}").contains("(d_model: 128 vs 64, saved vs now)"), "{err:#}");
-        std::fs::remove_dir_all(out).ok();
+    fn a_tokenizer_larger_than_the_vocabulary_is_refused() {
+        let docs = (0..30).map(|i| format!("word{i} and more words, number {i}"));
+        let tokenizer = Tokenizer::train(docs, 300).unwrap();
+        let path = Path::new("runs/sft/tokenizer.json");
+        let fits = GptConfig::tiny(tokenizer.vocab_size());
+        check_vocabulary(&tokenizer, path, &fits).unwrap();
+        let small = GptConfig::tiny(tokenizer.vocab_size() - 1);
+        let err = check_vocabulary(&tokenizer, path, &small).unwrap_err().to_string();
+        assert!(err.contains(&format!("has {} tokens, but the model's vocabulary", tokenizer.vocab_size())), "{err}");
     }
 }

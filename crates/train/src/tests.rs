@@ -27,8 +27,10 @@ struct VecTask {
     /// Raise `stop` once this many training batches were drawn (to simulate Ctrl-C).
     stop_after: Option<(usize, Arc<AtomicBool>)>,
     drawn: Cell<usize>,
-    /// Multiply the loss by this (NaN to test divergence handling).
+    /// Multiply the loss by this (NaN to test divergence handling)...
     loss_scale: f64,
+    /// ...or by 1e6 from this many training batches on: a blow-up with finite losses.
+    blow_up_after: Option<usize>,
 }
 
 struct Batch {
@@ -42,7 +44,16 @@ impl VecTask {
     fn new(n_train: usize, n_val: usize, seq: usize) -> Self {
         let pattern: Vec<u32> = (0..97u32).map(|i| (i * i * 7 + 3 * i) % 40).collect();
         let tokens = pattern.iter().cycle().take((n_train + n_val) * seq + 1).copied().collect();
-        Self { tokens, seq, n_train, n_val, stop_after: None, drawn: Cell::new(0), loss_scale: 1.0 }
+        Self {
+            tokens,
+            seq,
+            n_train,
+            n_val,
+            stop_after: None,
+            drawn: Cell::new(0),
+            loss_scale: 1.0,
+            blow_up_after: None,
+        }
     }
     fn rows(&self, starts: impl Iterator<Item = usize>) -> Batch {
         let (mut inputs, mut targets, mut rows) = (Vec::new(), Vec::new(), 0);
@@ -82,7 +93,11 @@ impl Task for VecTask {
     fn loss<B: Backend>(&self, model: &Gpt<B>, batch: &Batch, device: &B::Device) -> Tensor<B, 1> {
         let inputs = int_tensor::<B>(&batch.inputs, batch.rows, self.seq, device);
         let targets = int_tensor::<B>(&batch.targets, batch.rows, self.seq, device);
-        model.loss(inputs, targets) * self.loss_scale
+        let scale = match self.blow_up_after {
+            Some(n) if self.drawn.get() > n => 1e6,
+            _ => self.loss_scale,
+        };
+        model.loss(inputs, targets) * scale
     }
 }
 
@@ -236,11 +251,31 @@ fn a_diverging_loss_stops_the_run_with_advice() {
     let out = out_dir("nan");
     let mut task = VecTask::new(8, 2, 16);
     task.loss_scale = f64::NAN;
-    let err = train(tiny_model(), &mut task, &args(&out, &[]), &Default::default(), no_stop(), "t")
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(err.contains("at step 1") && err.contains("--lr"), "{err}");
+    let err = train(tiny_model(), &mut task, &args(&out, &[]), &Default::default(), no_stop(), "t").err().unwrap();
+    let err = err.to_string();
+    assert!(
+        err.contains("training diverged: the validation loss became NaN at step 0") && err.contains("--lr"),
+        "{err}"
+    );
+}
+
+/// A loss that blows up but stays finite (as at a too high learning rate)
+/// stops the run too, and the checkpoint on disk is the last one whose
+/// weights were seen to give a sane loss.
+#[test]
+fn a_finite_blow_up_keeps_the_last_good_checkpoint() {
+    let out = out_dir("blowup");
+    let mut task = VecTask::new(40, 8, 16);
+    task.blow_up_after = Some(6); // the loss of step 7 is a million times too large
+    let flags = ["--save-interval", "1", "--eval-interval", "100", "--max-steps", "20"];
+    let err = train(tiny_model(), &mut task, &args(&out, &flags), &Default::default(), no_stop(), "t").err().unwrap();
+    let err = err.to_string();
+    assert!(err.contains("rose to") && err.contains("at step 7"), "{err}");
+    // Step 6's save was due during step 7, whose loss judged its weights: not written.
+    assert!(err.contains("the checkpoint of step 5"), "{err}");
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("checkpoint/state.json")).unwrap()).unwrap();
+    assert_eq!(state["step"], 5);
 }
 
 #[test]

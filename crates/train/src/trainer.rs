@@ -73,12 +73,14 @@ impl Plan {
 pub struct Outcome<B: AutodiffBackend> {
     pub model: Gpt<B>,
     pub log: MetricsLog,
-    /// True if Ctrl-C stopped the run early (a checkpoint was saved).
+    /// True if a signal stopped the run early (a checkpoint was saved).
     pub interrupted: bool,
 }
 
 /// Trains `model` on `task` as `args` say, writing everything to `args.out`.
-/// `stop` is raised by Ctrl-C: the loop then saves a checkpoint and returns.
+/// `stop` is raised by Ctrl-C or SIGTERM (`stop::stop_on_signals`): the loop
+/// then saves a checkpoint and returns. A diverging loss ends the run with
+/// an error, the last good checkpoint kept (see `divergence.rs`).
 pub fn train<B: AutodiffBackend, T: Task>(
     mut model: Gpt<B>,
     task: &mut T,
@@ -140,14 +142,34 @@ pub fn train<B: AutodiffBackend, T: Task>(
     let tokens_per_s = |s: &TrainerState, secs: f64| (s.tokens - tokens_before) as f64 / secs.max(1e-9);
     let epoch_of = |s: &TrainerState| s.sampler.epoch as f64 + s.sampler.batch as f64 / plan.batches_per_epoch as f64;
 
+    let mut interrupted = false;
+    // A checkpoint due at the end of a step is written during the next one,
+    // once these weights have scored a sane training loss: a model that has
+    // just diverged never replaces the last good checkpoint.
+    let mut save_pending = false;
+    let mut last_saved = args.resume.then_some(state.step);
+    let diverged = |why: String, lr: f64, last_saved: Option<usize>| {
+        let kept = match last_saved {
+            Some(step) => format!("the checkpoint of step {step} in {} is kept", args.out.display()),
+            None => "no checkpoint had been saved yet".to_string(),
+        };
+        anyhow::anyhow!(
+            "training diverged: {why}; {kept}. Lower --lr (now {lr:.2e}), add --warmup-steps or clip harder (--clip-norm 0.5); --divergence-factor {} sets this test (0: stop only at NaN)",
+            args.divergence_factor
+        )
+    };
+
     // 3. Evaluate before any update, so the starting point is on record.
     if state.step == 0 {
         let (loss, extra) = evaluate(&model, task, &val_batches, device);
         say(&bar, format!("step 0: val loss {loss:.4} (perplexity {:.1}){}", loss.exp(), fmt_extra(&extra)));
         log.log(Event { extra: to_map(&extra), ..event("val", &state, 0.0, loss, schedule.lr_at(0), 0.0) })?;
+        state
+            .watch
+            .validation(0, loss, args.divergence_factor)
+            .map_err(|why| diverged(why, schedule.lr_at(0), None))?;
     }
 
-    let mut interrupted = false;
     while state.step < plan.total_steps {
         // Dropout masks depend only on (seed, step): a resumed run draws the
         // same ones as an uninterrupted run would.
@@ -156,13 +178,13 @@ pub fn train<B: AutodiffBackend, T: Task>(
 
         // 4. Forward and backward over grad_accum micro-batches.
         let mut accumulator = GradientsAccumulator::<Gpt<B>>::new();
-        let mut step_loss = None;
+        let (mut step_loss, mut step_tokens) = (None, 0);
         let mut step_metrics: Vec<(&'static str, f64)> = Vec::new();
         let log_now = (state.step + 1) % args.log_interval == 0 || state.step + 1 == plan.total_steps;
         for _ in 0..args.grad_accum {
             let (_, indices) = sampler.next_batch();
             let batch = task.train_batch(&indices);
-            state.tokens += task.tokens(&batch);
+            step_tokens += task.tokens(&batch);
             let (loss, metrics) = task.loss_and_metrics(&model, &batch, device);
             // Dividing by grad_accum makes the summed gradients equal the
             // gradient of the *mean* loss over all micro-batches.
@@ -187,12 +209,15 @@ pub fn train<B: AutodiffBackend, T: Task>(
         }
         let loss: f64 = step_loss.expect("grad_accum >= 1").into_scalar().elem();
         let lr = schedule.lr_at(state.step);
-        if !loss.is_finite() {
-            bail!(
-                "the loss became {loss} at step {}: training diverged. Lower --lr (now {lr:.2e}), add --warmup-steps, or clip harder (--clip-norm 0.5)",
-                state.step + 1
-            );
+        // This loss judges the weights of the step before: sane, and they may
+        // be saved (`state` still describes the end of that step).
+        let mut watch = state.watch.clone();
+        watch.train_step(state.step + 1, loss, args.divergence_factor).map_err(|why| diverged(why, lr, last_saved))?;
+        if save_pending {
+            save_checkpoint(&args.out, &model, Some(optim.to_bytes()?), &state)?;
+            (save_pending, last_saved) = (false, Some(state.step));
         }
+        state.watch = watch;
 
         // 5. Clip, then step.
         let mut grads = accumulator.grads();
@@ -207,6 +232,7 @@ pub fn train<B: AutodiffBackend, T: Task>(
         model = optim.step(lr, model, grads);
         step_secs += step_started.elapsed().as_secs_f64();
         state.step += 1;
+        state.tokens += step_tokens;
         state.sampler = sampler.position();
         state.elapsed_s = elapsed();
         let last = state.step == plan.total_steps;
@@ -234,9 +260,17 @@ pub fn train<B: AutodiffBackend, T: Task>(
             let at = event("val", &state, epoch_of(&state), val_loss, lr, tokens_per_s(&state, step_secs));
             log.log(Event { extra: to_map(&extra), ..at })?;
             draw_loss_curves(&args.out, title, &log.curve("train"), &log.curve("val"))?;
+            state
+                .watch
+                .validation(state.step, val_loss, args.divergence_factor)
+                .map_err(|why| diverged(why, lr, last_saved))?;
         }
-        if state.step % args.save_interval == 0 || last || interrupted {
-            save_checkpoint(&args.out, &model, optim.to_bytes()?, &state)?;
+        if last || interrupted {
+            // No next step to wait for: the last weights were just validated;
+            // interrupted ones are saved as they are, rather than lost.
+            save_checkpoint(&args.out, &model, Some(optim.to_bytes()?), &state)?;
+        } else if state.step % args.save_interval == 0 {
+            save_pending = true;
         }
         if interrupted {
             say(&bar, format!("interrupted: checkpoint saved at step {}; continue with --resume", state.step));
@@ -303,21 +337,4 @@ fn fmt_extra(extra: &[(String, f64)]) -> String {
 
 fn to_map(extra: &[(String, f64)]) -> serde_json::Map<String, serde_json::Value> {
     extra.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect()
-}
-
-/// Raises the returned flag on the first Ctrl-C; a second one exits at once.
-pub fn stop_on_ctrl_c() -> Arc<AtomicBool> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    let installed = ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::SeqCst) {
-            eprintln!("\nsecond Ctrl-C: exiting without saving");
-            std::process::exit(130);
-        }
-        eprintln!("\nCtrl-C: finishing this step and saving a checkpoint (Ctrl-C again to quit now)");
-    });
-    if let Err(e) = installed {
-        eprintln!("warning: cannot catch Ctrl-C ({e}); an interrupted run keeps only its last checkpoint");
-    }
-    stop
 }

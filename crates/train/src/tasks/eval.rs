@@ -3,7 +3,7 @@
 //! expected answer. SFT, LoRA and DPO all report it.
 
 use data::Tokenizer;
-use data::chat::{Message, render_chatml};
+use data::chat::{Message, prompt_ids};
 use data::sft::SftExample;
 use data::tokenizer::IM_END;
 use kernels::Backend;
@@ -12,7 +12,7 @@ use model::{GenerateOptions, Gpt, generate};
 /// The greedy reply of `model` to a conversation's prompt (all turns but the
 /// last assistant one), stopping at `<|im_end|>`.
 pub fn reply<B: Backend>(model: &Gpt<B>, tokenizer: &Tokenizer, history: &[Message], max_tokens: usize) -> String {
-    let mut prompt = tokenizer.encode(&render_chatml(history, true));
+    let mut prompt = prompt_ids(tokenizer, history);
     // Keep the end of an over-long prompt: the question is there.
     let room = model.context_length().saturating_sub(max_tokens).max(1);
     if prompt.len() > room {
