@@ -5,7 +5,12 @@ Everything is built from an invented world (towns, rivers, people) and from
 hand-written templates, so no outside data is needed. Outputs (in --out DIR):
 
   corpus.txt                  pretraining text, documents separated by one blank line
-  sft.jsonl / sft_eval.jsonl  chat data for supervised fine-tuning (+ held-out eval)
+  facts_dev.jsonl / facts_eval.jsonl   fact completions ("The mayor of Ketamp is" -> the name)
+                              of the dev and held-out towns and people, to score pretraining
+  sft.jsonl                   chat data for supervised fine-tuning
+  sft_dev.jsonl / sft_eval.jsonl  questions about the dev / held-out towns and people, and
+                              sums no training file holds: dev to tune on, eval to report
+  sft_paraphrase_eval.jsonl   trained facts asked in words no training file uses
   lora.jsonl / lora_eval.jsonl  a new skill: a persona whose replies open with a fixed phrase
   dpo.jsonl / dpo_eval.jsonl  preference pairs (chosen vs rejected answer)
 
@@ -19,12 +24,17 @@ import re
 import random
 
 SEED = 1234
-# Sizes are set so the whole default pipeline trains in under ten minutes on
-# two CPU cores, and the world is small enough (12 towns, 20 people) that a
+# Sizes are set so the whole default pipeline trains in about five minutes on
+# two CPU cores, and the world is small enough (14 towns, 24 people) that a
 # 1.3M-parameter model sees each fact in pretraining often enough to learn it.
-CORPUS_TARGET_BYTES = 1_600_000
-N_TOWNS, N_HELD_TOWNS, N_PEOPLE, N_HELD_PEOPLE = 12, 2, 20, 4
+CORPUS_TARGET_BYTES = 1_000_000
+# Towns and people come in three groups: core (in every file), dev and
+# held-out (their facts only in corpus.txt; questions about them only in
+# sft_dev.jsonl and sft_eval.jsonl). Dev is for tuning, held-out for reporting.
+N_TOWNS, N_DEV_TOWNS, N_HELD_TOWNS = 14, 2, 2
+N_PEOPLE, N_DEV_PEOPLE, N_HELD_PEOPLE = 24, 4, 4
 N_SFT, N_SFT_EVAL_ZH, N_SFT_EVAL_ARITH = 2500, 20, 20
+N_PARAPHRASE_EVAL = 80
 N_LORA, N_LORA_EVAL = 600, 100
 # The LoRA persona opens every reply with this phrase. Its words are common in
 # corpus.txt, so their embeddings are trained (LoRA leaves embeddings frozen).
@@ -76,20 +86,25 @@ ITEMS = [("apples", "苹果"), ("eggs", "鸡蛋"), ("pears", "梨"), ("oranges",
 # ---------------------------------------------------------------------------
 STATE = {
     "en": {
-        "region": ["{t} is in the {region}.", "{t} lies in the {region}.", "You can find {t} in the {region} of the land."],
-        "pop": ["About {pop} people live in {t}.", "{t} has about {pop} people.", "The town of {t} is home to about {pop} people."],
-        "year": ["{t} was founded in {year}.", "People built the first houses of {t} in {year}.", "The town of {t} dates from the year {year}."],
-        "product": ["{t} is known for its {product}.", "The main trade of {t} is {product}.", "Most families in {t} make a living from {product}."],
-        "river": ["{t} is beside the river {river}.", "The river {river} flows past {t}.", "{t} was built on the banks of the river {river}."],
-        "mountain": ["{t} lies at the foot of Mount {mount}.", "Mount {mount} rises above {t}.", "From {t} you can see Mount {mount} all day."],
+        # The first sentence of each kind is the canonical answer. In English it
+        # names the town or person after "The ... of": the name then follows a
+        # space, the same token as in the question (" Varnel"), which the
+        # model can copy; at the start of a reply it would be the token
+        # "Varnel", a different one (notebook 05 measures the difference).
+        "region": ["The town of {t} is in the {region}.", "{t} lies in the {region}.", "You can find {t} in the {region} of the land."],
+        "pop": ["The town of {t} has about {pop} people.", "About {pop} people live in {t}.", "{t} is home to about {pop} people."],
+        "year": ["The town of {t} was founded in {year}.", "People built the first houses of {t} in {year}.", "{t} dates from the year {year}."],
+        "product": ["The town of {t} is known for its {product}.", "The main trade of {t} is {product}.", "Most families in {t} make a living from {product}."],
+        "river": ["The town of {t} is beside the river {river}.", "The river {river} flows past {t}.", "{t} was built on the banks of the river {river}."],
+        "mountain": ["The town of {t} lies at the foot of Mount {mount}.", "Mount {mount} rises above {t}.", "From {t} you can see Mount {mount} all day."],
         "neighbour": ["The neighbour town of {t} is {nb}.", "{t} and {nb} are neighbour towns.", "From {t} it is a short walk to {nb}, its neighbour."],
         "mayor": ["The mayor of {t} is {mayor}.", "{mayor} is the mayor of {t}.", "The town of {t} is led by its mayor, {mayor}."],
-        "age": ["{p} is {age} years old.", "{p} turned {age} this year.", "{p} is now {age} years old."],
-        "job": ["{p} is {a_job}.", "{p} works as {a_job}.", "By trade, {p} is {a_job}."],
-        "home": ["{p} lives in {home}.", "{p} comes from {home}.", "The home of {p} is in {home}."],
-        "food": ["{p}'s favourite food is {food}.", "{p} loves to eat {food}.", "Above all other food, {p} likes {food}."],
-        "colour": ["{p}'s favourite colour is {colour}.", "{p} likes the colour {colour} best.", "Of all colours, {p} loves {colour} most."],
-        "friend": ["{p}'s best friend is {friend}.", "{p} and {friend} are best friends.", "{p} spends a lot of time with {friend}, who is the best friend of {p}."],
+        "age": ["The age of {p} is {age}.", "{p} is {age} years old.", "{p} turned {age} this year."],
+        "job": ["The job of {p} is {job}.", "{p} works as {a_job}.", "By trade, {p} is {a_job}."],
+        "home": ["The home of {p} is in {home}.", "{p} lives in {home}.", "{p} comes from {home}."],
+        "food": ["The favourite food of {p} is {food}.", "{p} loves to eat {food}.", "Above all other food, {p} likes {food}."],
+        "colour": ["The favourite colour of {p} is {colour}.", "{p} likes the colour {colour} best.", "Of all colours, {p} loves {colour} most."],
+        "friend": ["The best friend of {p} is {friend}.", "{p} and {friend} are best friends.", "{p} spends a lot of time with {friend}."],
     },
     "zh": {
         "region": ["{t}在{region}。", "{t}位于{region}。", "{t}是{region}的一个小镇。"],
@@ -135,6 +150,26 @@ ASK = {
         "friend": ["{p}最好的朋友是谁？"],
     },
 }
+# Question wordings that no training file uses: sft_paraphrase_eval.jsonl asks
+# trained facts in these, to see whether SFT taught answering or memorised
+# the questions it saw.
+ASK_UNSEEN = {
+    "en": {
+        "region": "Tell me which region {t} is in.", "pop": "Roughly how many people does {t} have?",
+        "year": "Tell me the year {t} was founded.", "product": "What does {t} make a living from?",
+        "river": "Name the river beside {t}.", "mountain": "Name the mountain near {t}.",
+        "neighbour": "Which town neighbours {t}?", "mayor": "Tell me who the mayor of {t} is.",
+        "age": "Tell me the age of {p}.", "job": "What work does {p} do?", "home": "In which town does {p} live?",
+        "food": "Which food does {p} love most?", "colour": "Tell me the favourite colour of {p}.",
+        "friend": "Who is {p} best friends with?",
+    },
+    "zh": {
+        "region": "{t}在什么地方？", "pop": "{t}住着多少人？", "year": "{t}是什么时候建的？", "product": "{t}的特产是什么？",
+        "river": "哪条河流过{t}？", "mountain": "{t}旁边是哪座山？", "neighbour": "和{t}相邻的是哪个镇？",
+        "mayor": "谁是{t}的镇长？", "age": "{p}的年龄是多少？", "job": "{p}的职业是什么？", "home": "{p}的家在哪个镇？",
+        "food": "{p}最爱吃的是什么？", "colour": "{p}喜欢哪种颜色？", "friend": "谁是{p}最好的朋友？",
+    },
+}
 # Which template field holds the key fact of each kind.
 KEY_FIELD = {"region": "region", "pop": "pop", "year": "year", "product": "product", "river": "river",
              "mountain": "mount", "neighbour": "nb", "mayor": "mayor", "age": "age", "job": "job",
@@ -156,7 +191,9 @@ STORIES = {
 
 # Arithmetic: operator words, statements and questions.
 OPS = {"+": ("plus", "加"), "-": ("minus", "减"), "*": ("times", "乘以")}
-ARITH_STATE = {"en": ["{a} {op} {b} is {c}.", "{a} {op} {b} equals {c}.", "If you work out {a} {op} {b}, you get {c}."],
+# The first is the canonical answer; in English it starts "The result of", so
+# the numbers follow spaces, as in the question (see STATE).
+ARITH_STATE = {"en": ["The result of {a} {op} {b} is {c}.", "{a} {op} {b} is {c}.", "If you work out {a} {op} {b}, you get {c}."],
                "zh": ["{a}{op}{b}等于{c}。", "{a}{op}{b}得{c}。", "算一算：{a}{op}{b}，结果是{c}。"]}
 ARITH_ASK = {"en": ["What is {a} {op} {b}?", "How much is {a} {op} {b}?", "Can you work out {a} {op} {b}?"],
              "zh": ["{a}{op}{b}等于几？", "请计算{a}{op}{b}。", "{a}{op}{b}是多少？"]}
@@ -294,9 +331,18 @@ def pair_up(rng, items, key):
         a[key], b[key] = b, a
 
 
+GROUPS = ["core", "dev", "heldout"]
+
+
+def group_of(i, n, n_dev, n_held):
+    """The group of item i of n: the last n_held are held out, the n_dev before them dev."""
+    return "heldout" if i >= n - n_held else ("dev" if i >= n - n_held - n_dev else "core")
+
+
 def build_world(seed):
-    """Build all towns and people. Groups: 'core' (pretraining + SFT) and
-    'heldout' (in pretraining prose, questions only in sft_eval)."""
+    """Build all towns and people. Groups: 'core' (pretraining + every chat
+    file), 'dev' and 'heldout' (in pretraining prose; questions only in
+    sft_dev.jsonl and sft_eval.jsonl)."""
     rng = random.Random(seed)
     taken = []
     towns = make_names(rng, TOWN_A, TOWN_B, N_TOWNS, taken)
@@ -304,7 +350,7 @@ def build_world(seed):
     mayors = make_names(rng, PERSON_A, PERSON_B, N_TOWNS, taken)
     people = make_names(rng, PERSON_A, PERSON_B, N_PEOPLE, taken)
     for i, t in enumerate(towns):
-        t["group"] = "core" if i < N_TOWNS - N_HELD_TOWNS else "heldout"
+        t["group"] = group_of(i, N_TOWNS, N_DEV_TOWNS, N_HELD_TOWNS)
         t["region"] = rng.randrange(len(REGIONS))
         t["pop"] = rng.randrange(8, 96) * 100
         t["year"] = rng.randint(1150, 1890)
@@ -312,16 +358,16 @@ def build_world(seed):
         t["land"] = lands[i]
         t["land_kind"] = rng.choice(["river", "river", "mountain"])
         t["mayor"] = mayors[i]
-    for group in ["core", "heldout"]:                 # neighbours stay inside their group
+    for group in GROUPS:                              # neighbours stay inside their group
         pair_up(rng, [t for t in towns if t["group"] == group], "nb")
-    for i, p in enumerate(people):                    # the last few people live in held-out towns
-        p["group"] = "core" if i < N_PEOPLE - N_HELD_PEOPLE else "heldout"
+    for i, p in enumerate(people):                    # people live in towns of their own group
+        p["group"] = group_of(i, N_PEOPLE, N_DEV_PEOPLE, N_HELD_PEOPLE)
         p["home"] = rng.choice([t for t in towns if t["group"] == p["group"]])
         p["age"] = rng.randint(18, 79)
         p["job"] = rng.randrange(len(JOBS))
         p["food"] = rng.randrange(len(FOODS))
         p["colour"] = rng.randrange(len(COLOURS))
-    for group in ["core", "heldout"]:
+    for group in GROUPS:
         pair_up(rng, [p for p in people if p["group"] == group], "friend")
     return {"towns": towns, "people": people}
 
@@ -391,7 +437,10 @@ def arith_fmt(template, tr, lang, c=None):
 # 5. corpus.txt
 # ---------------------------------------------------------------------------
 def corpus_docs(world, rng):
-    """Yield documents (one paragraph, no newlines) until the byte target is reached."""
+    """Yield documents (one paragraph, no newlines) until the byte target is reached.
+    Facts come in several wordings and orders, so that the model stores the
+    facts rather than the sentences (knowledge augmentation; Allen-Zhu & Li,
+    Physics of Language Models 3.1)."""
     old_towns = world["towns"]
     people = world["people"]
     triples = arith_triples()
@@ -400,21 +449,21 @@ def corpus_docs(world, rng):
     while total < CORPUS_TARGET_BYTES:
         lang = "zh" if rng.random() < ZH_SHARE else "en"
         r = rng.random()
-        if r < 0.32:    # town fact paragraph: 3-6 facts of one town
+        if r < 0.38:    # town fact paragraph: 3-6 facts of one town
             t = rng.choice(old_towns)
             facts = rng.sample(facts_of(t), rng.randint(3, 6))
             doc = join[lang].join(rng.choice(STATE[lang][k]).format(**fields(t, lang)) for k, _ in facts)
-        elif r < 0.53:  # person fact paragraph
+        elif r < 0.68:  # person fact paragraph
             p = rng.choice(people)
             facts = rng.sample(facts_of(p), rng.randint(3, 6))
             doc = join[lang].join(rng.choice(STATE[lang][k]).format(**fields(p, lang)) for k, _ in facts)
-        elif r < 0.66:  # short story
+        elif r < 0.78:  # short story
             p = rng.choice(people)
             doc = rng.choice(STORIES[lang]).format(**fields(p, lang))
-        elif r < 0.79:  # a few arithmetic sentences
+        elif r < 0.90:  # a few arithmetic sentences
             doc = join[lang].join(arith_fmt(rng.choice(ARITH_STATE[lang]), rng.choice(triples), lang)
                                   for _ in range(rng.randint(3, 6)))
-        elif r < 0.87:  # word problems with the world's people
+        elif r < 0.95:  # word problems with the world's people
             probs = []
             for _ in range(rng.randint(1, 2)):
                 op, p = rng.choice("+-*"), rng.choice(people)
@@ -504,25 +553,62 @@ def eval_line(it):
 # ---------------------------------------------------------------------------
 # 7. The files
 # ---------------------------------------------------------------------------
-def make_sft(world, rng):
-    core_facts = [f for e in world["towns"] + world["people"] if e["group"] == "core" for f in facts_of(e)]
-    held_facts = [f for e in world["towns"] + world["people"] if e["group"] == "heldout" for f in facts_of(e)]
+def group_facts(world, group):
+    return [f for e in world["towns"] + world["people"] if e["group"] == group for f in facts_of(e)]
+
+
+def question_set(rng, facts, triples):
+    """Every fact asked once in English, N_SFT_EVAL_ZH of them also in Chinese,
+    and each arithmetic triple once: the dev or the held-out questions."""
+    items = [rng.choice(by_lang(fact_qas([fact], ASK))["en"]) for fact in facts]
+    items += [rng.choice(by_lang(fact_qas([fact], ASK))["zh"]) for fact in rng.sample(facts, N_SFT_EVAL_ZH)]
+    for tr in triples:
+        lang = "zh" if rng.random() < ZH_CHAT else "en"
+        items.append(rng.choice(by_lang(arith_qas([tr]))[lang]))
+    rng.shuffle(items)
+    return [eval_line(it) for it in items]
+
+
+def split_sums(rng):
+    """(dev, held-out, training) sums: the first two kept out of every training file."""
     triples = arith_triples()
     rng.shuffle(triples)
-    held_arith, train_arith = triples[:N_SFT_EVAL_ARITH], triples[N_SFT_EVAL_ARITH:]
+    n = N_SFT_EVAL_ARITH
+    return triples[:n], triples[n:2 * n], triples[2 * n:]
+
+
+def make_sft(world, rng, sums):
+    """sft.jsonl (core facts, training sums, concepts); the dev and held-out
+    question sets (their towns and people, and sums kept out of every
+    training file); and trained facts in unseen wordings."""
+    dev_arith, held_arith, train_arith = sums
+    core_facts = group_facts(world, "core")
     pools = [by_lang(fact_qas(core_facts, ASK)), by_lang(arith_qas(train_arith)), by_lang(concept_qas())]
     sft = sample_chats(rng, pools, [0.60, 0.25, 0.15], N_SFT)
-    # Eval: every held-out fact asked once in English, some also in Chinese, plus held-out sums.
-    ev = []
-    for fact in held_facts:
-        ev.append(rng.choice(by_lang(fact_qas([fact], ASK))["en"]))
-    for fact in rng.sample(held_facts, N_SFT_EVAL_ZH):
-        ev.append(rng.choice(by_lang(fact_qas([fact], ASK))["zh"]))
-    for tr in held_arith:
+    dev = question_set(rng, group_facts(world, "dev"), dev_arith)
+    ev = question_set(rng, group_facts(world, "heldout"), held_arith)
+    paraphrase = []
+    for fact in rng.sample(core_facts, N_PARAPHRASE_EVAL):
         lang = "zh" if rng.random() < ZH_CHAT else "en"
-        ev.append(rng.choice(by_lang(arith_qas([tr]))[lang]))
-    rng.shuffle(ev)
-    return sft, [eval_line(it) for it in ev], train_arith
+        kind, ent = fact
+        question = ASK_UNSEEN[lang][kind].format(**fields(ent, lang))
+        paraphrase.append(eval_line((lang, question, fact_answer(fact, lang), fact_key(fact, lang), fact)))
+    return sft, dev, ev, paraphrase
+
+
+def cloze(fact, lang):
+    """The canonical statement of a fact cut before its key: (prompt, key)."""
+    kind, ent = fact
+    f = fields(ent, lang)
+    sentence, key = STATE[lang][kind][0].format(**f), f[KEY_FIELD[kind]]
+    prompt = sentence[:sentence.index(key)]
+    return (prompt.rstrip() if lang == "en" else prompt), key
+
+
+def make_facts(world, group):
+    """Fact completions for pretraining: each fact of the group in English and in Chinese."""
+    return [{"prompt": p, "answer": k} for fact in group_facts(world, group) for p, k in
+            (cloze(fact, lang) for lang in ["en", "zh"])]
 
 
 def make_lora(world, rng):
@@ -565,7 +651,11 @@ def rejected_answer(rng, it, others):
     lang, q, good, key, fact = it
     other = "zh" if lang == "en" else "en"
     end = "." if lang == "en" else "。"
-    style = rng.choice(["wrong", "wrong", "ramble", "language", "bare"])
+    # A wrong number is no rejection style for arithmetic: telling 28 from 30
+    # is adding, which the tiny model cannot do and a few hundred pairs do not
+    # teach; the preference to learn is the form of the reply.
+    styles = ["ramble", "language", "bare"] if fact[0] in OPS else ["wrong", "wrong", "ramble", "language", "bare"]
+    style = rng.choice(styles)
     if style == "wrong":
         if fact[0] in OPS:
             return arith_fmt(ARITH_STATE[lang][0], fact, lang, c=wrong_value(rng, fact, lang, others))
@@ -610,13 +700,16 @@ def generate(seed, out):
     os.makedirs(out, exist_ok=True)
     world = build_world(seed)
     # Each file has its own random stream, so changing one generator leaves the others unchanged.
+    sums = split_sums(random.Random(seed * 10 + 5))
     docs = list(corpus_docs(world, random.Random(seed * 10 + 1)))
     with open(os.path.join(out, "corpus.txt"), "w", encoding="utf-8", newline="\n") as f:
         f.write("\n\n".join(docs) + "\n")
-    sft, sft_eval, train_arith = make_sft(world, random.Random(seed * 10 + 2))
+    sft, sft_dev, sft_eval, paraphrase = make_sft(world, random.Random(seed * 10 + 2), sums)
     lora, lora_eval = make_lora(world, random.Random(seed * 10 + 3))
-    dpo, dpo_eval = make_dpo(world, random.Random(seed * 10 + 4), train_arith)
-    for name, rows in [("sft", sft), ("sft_eval", sft_eval), ("lora", lora), ("lora_eval", lora_eval),
+    dpo, dpo_eval = make_dpo(world, random.Random(seed * 10 + 4), sums[2])
+    for name, rows in [("facts_dev", make_facts(world, "dev")), ("facts_eval", make_facts(world, "heldout")),
+                       ("sft", sft), ("sft_dev", sft_dev), ("sft_eval", sft_eval),
+                       ("sft_paraphrase_eval", paraphrase), ("lora", lora), ("lora_eval", lora_eval),
                        ("dpo", dpo), ("dpo_eval", dpo_eval)]:
         write_jsonl(os.path.join(out, name + ".jsonl"), rows)
 
@@ -649,7 +742,15 @@ def check(seed, out):
                 err(f"{where}: empty content")
 
     data = {}
-    for name in ["sft", "sft_eval", "lora", "lora_eval", "dpo", "dpo_eval"]:
+    for name in ["facts_dev", "facts_eval"]:
+        rows = [json.loads(line) for line in read(name + ".jsonl").splitlines()]
+        for n, row in enumerate(rows, 1):
+            said = row.get("prompt") and row.get("answer") and re.search(
+                re.escape(row["prompt"]) + " ?" + re.escape(row["answer"]), read("corpus.txt"))
+            if not said:
+                err(f"{name}:{n}: a completion must be a prompt and answer whose sentence is in corpus.txt")
+        print(f"{name}.jsonl: {len(rows)} lines")
+    for name in ["sft", "sft_dev", "sft_eval", "sft_paraphrase_eval", "lora", "lora_eval", "dpo", "dpo_eval"]:
         rows = []
         for n, line in enumerate(read(name + ".jsonl").splitlines(), 1):
             try:
@@ -666,7 +767,7 @@ def check(seed, out):
             else:
                 check_turns(row["conversations"], where)
                 last = row["conversations"][-1]["content"]
-                if name.endswith("eval") and not (row.get("answer") and row["answer"] in last):
+                if name.endswith(("eval", "dev")) and not (row.get("answer") and row["answer"] in last):
                     err(f"{where}: eval 'answer' missing or not in the assistant reply")
                 if name.startswith("lora") and not all(m["content"].startswith(tuple(PERSONA.values()))
                                                         for m in row["conversations"] if m["role"] == "assistant"):
@@ -677,11 +778,24 @@ def check(seed, out):
     def users(rows, key="conversations"):
         return {m["content"] for r in rows for m in r[key] if m["role"] == "user"}
 
-    for train, ev, key in [("sft", "sft_eval", "conversations"), ("lora", "lora_eval", "conversations"),
-                           ("dpo", "dpo_eval", "chosen")]:
-        leaked = sorted(users(data[ev], key) & users(data[train], key))
+    training = ["sft", "lora", "dpo"]
+    pairs = [("sft", "sft_eval"), ("sft", "sft_dev"), ("lora", "lora_eval"), ("dpo", "dpo_eval")]
+    pairs += [(train, "sft_paraphrase_eval") for train in training]
+    for train, ev in pairs:
+        key = lambda name: "chosen" if name.startswith("dpo") else "conversations"
+        leaked = sorted(users(data[ev], key(ev)) & users(data[train], key(train)))
         if leaked:
             err(f"{ev}: {len(leaked)} eval questions also appear in {train}, e.g. {leaked[0]!r}")
+    corpus_text = read("corpus.txt")
+    for ev in ["sft_dev", "sft_eval", "sft_paraphrase_eval"]:  # nor in the pretraining text
+        asked = [q for q in users(data[ev]) if q in corpus_text]
+        if asked:
+            err(f"{ev}: the question {asked[0]!r} appears in corpus.txt")
+    for ev in ["sft_dev", "sft_eval"]:                # their sums are in no training file either
+        for train in training:
+            leaked = sorted(q for q in users(data[ev]) & users(data[train], key(train)) if re.search(r"\d", q))
+            if leaked:
+                err(f"{ev}: the sum {leaked[0]!r} is also asked in {train}")
 
     # Names that must be absent from some files (English: whole words; Chinese: any substring).
     def names(group):
@@ -691,15 +805,16 @@ def check(seed, out):
     corpus = read("corpus.txt")
     texts = {n: read(n + ".jsonl") for n in data}
     texts["corpus.txt"] = corpus
-    rules = [("heldout", ["sft", "dpo", "dpo_eval", "lora", "lora_eval"])]
+    others = ["sft", "dpo", "dpo_eval", "lora", "lora_eval", "sft_paraphrase_eval"]
+    rules = [("heldout", others + ["sft_dev"]), ("dev", others + ["sft_eval"])]
     for group, files in rules:
         for ent in names(group):
             for fname in files:
                 if re.search(r"\b%s\b" % re.escape(ent["en"]), texts[fname]) or ent["zh"] in texts[fname]:
                     err(f"{group} name {ent['en']}/{ent['zh']} appears in {fname}")
-    for t in world["towns"]:                       # held-out facts must be in the pretraining prose
-        if t["group"] == "heldout" and (t["en"] not in corpus or t["zh"] not in corpus):
-            err(f"held-out town {t['en']} missing from corpus.txt")
+    for t in world["towns"] + world["people"]:    # dev and held-out facts must be in the pretraining prose
+        if t["group"] != "core" and (t["en"] not in corpus or t["zh"] not in corpus):
+            err(f"{t['group']} name {t['en']} missing from corpus.txt")
     docs = corpus.rstrip("\n").split("\n\n")
     if not corpus.endswith("\n") or any(not d.strip() or "\n" in d for d in docs):
         err("corpus.txt: documents must be single non-empty paragraphs separated by one blank line")

@@ -8,6 +8,7 @@
 pub mod chat;
 pub mod corpus;
 pub mod dpo;
+pub mod facts;
 pub mod prepare;
 pub mod sampler;
 pub mod sft;

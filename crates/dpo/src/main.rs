@@ -18,13 +18,15 @@ use burn::module::AutodiffModule;
 use clap::Parser;
 use data::dpo::DpoDataset;
 use data::sft::pad_id;
-use kernels::AutodiffBackend;
-use model::count_params;
+use kernels::{AutodiffBackend, Backend};
+use model::{Gpt, count_params};
 use serde::{Deserialize, Serialize};
+use train::Task;
 use train::args::range;
 use train::checkpoint::RunConfig;
 use train::run::{find_in_repo, load_init, load_questions, percent_change, print_plan, start_run};
-use train::tasks::dpo::DpoTask;
+use train::tasks::dpo::{DpoTask, answer_log_probs};
+use train::tasks::eval::sampled_reply;
 use train::{Plan, TrainArgs, run_on_device};
 
 // mimalloc, keeping freed memory for reuse (see `train::alloc`).
@@ -67,6 +69,11 @@ struct Args {
     /// Conservative DPO: assume each preference label is wrong with this probability.
     #[arg(long, default_value_t = 0.0, value_parser = range::label_smoothing)]
     label_smoothing: f64,
+    /// RPO: add this weight times the chosen answers' negative log-likelihood
+    /// (per token) to the DPO loss, so that preferring the chosen answer
+    /// never means making it unlikely (0 = plain DPO). [≥ 0]
+    #[arg(long, default_value_t = 1.0, value_parser = range::non_negative)]
+    rpo_alpha: f64,
     /// Run the reference model on every batch instead of scoring all pairs once up front (slower; same result).
     #[arg(long)]
     ref_on_the_fly: bool,
@@ -93,7 +100,6 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("min_lr", "3e-5"),
     ("warmup_steps", "5"),
     ("weight_decay", "0.0"),
-    ("eval_interval", "100"),
     ("eval_batches", "10"),
 ];
 
@@ -150,9 +156,10 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
     let rows = 2 * args.train.batch_size;
     println!("{}", train::memory::check(&model_cfg, counts.trainable, rows, seq_len, &args.train.device)?);
     println!(
-        "method:     sigmoid DPO, β {}, label smoothing {}; reference {}",
+        "method:     sigmoid DPO, β {}, label smoothing {}, RPO α {}; reference {}",
         args.beta,
         args.label_smoothing,
+        args.rpo_alpha,
         if args.ref_on_the_fly { "run on every batch" } else { "scored once up front" }
     );
     if args.train.dry_run {
@@ -177,6 +184,7 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
         device: device.clone(),
         beta: args.beta,
         label_smoothing: args.label_smoothing,
+        rpo_alpha: args.rpo_alpha,
         pad_id: pad_id(&tokenizer),
         questions,
         tokenizer,
@@ -213,6 +221,70 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
             get(last, "rejected_reward")
         );
         println!("SFT answer accuracy {} ({:.0} s)", percent_change(first, last, "answer_accuracy"), last.elapsed_s);
+        println!(
+            "degeneration on the held-out questions: replies in a loop {} (must not rise); distinct-2 {:.3} → {:.3}",
+            percent_change(first, last, "looping"),
+            get(first, "distinct_2"),
+            get(last, "distinct_2")
+        );
     }
+    print_preference_sample(&task, &outcome.model.valid(), args.train.seed);
     Ok(())
+}
+
+/// What DPO changed in the model's own preferences, on the held-out pairs:
+/// in how many it finds the chosen answer likelier than the rejected one,
+/// before (the reference) and after; how many of its replies, sampled at
+/// temperature 1 as a user would meet them, are the rejected answer word for
+/// word; and one pair, shown with its replies before and after.
+fn print_preference_sample<B: Backend>(task: &DpoTask<B>, policy: &Gpt<B>, seed: u64) {
+    let pairs = &task.val.pairs;
+    // (gap before, gap after) of log π(chosen) − log π(rejected), per pair.
+    let gaps: Vec<(f32, f32)> = (0..pairs.len())
+        .map(|i| {
+            let batch = task.val_batch(&[i]);
+            let lp = answer_log_probs(policy, &batch.rows, &task.device).into_data().convert::<f32>();
+            let lp = lp.to_vec::<f32>().expect("f32");
+            (batch.ref_chosen[0] - batch.ref_rejected[0], lp[0] - lp[1])
+        })
+        .collect();
+    let n = pairs.len();
+    let likelier = |after: bool| gaps.iter().filter(|g| if after { g.1 > 0.0 } else { g.0 > 0.0 }).count();
+    println!(
+        "the model finds the chosen answer likelier than the rejected one in {}/{n} held-out pairs before DPO, {}/{n} after",
+        likelier(false),
+        likelier(true)
+    );
+    let prompt = |i: usize| &pairs[i].chosen.messages[..pairs[i].chosen.messages.len() - 1];
+    let answer = |turns: &[data::chat::Message]| turns.last().map_or(String::new(), |m| m.content.clone());
+    let max = task.max_answer_tokens;
+    // The same seed per pair before and after: the two draws differ only by the model.
+    let sample = |model: &Gpt<B>, i: usize| {
+        sampled_reply(model, &task.tokenizer, prompt(i), max, Some((1.0, seed.wrapping_add(i as u64)))).text
+    };
+    let before: Vec<String> = (0..n).map(|i| sample(&task.reference, i)).collect();
+    let after: Vec<String> = (0..n).map(|i| sample(policy, i)).collect();
+    let is_rejected = |reply: &String, i: usize| *reply == answer(&pairs[i].rejected.messages);
+    let rejected = |replies: &[String]| (0..n).filter(|&i| is_rejected(&replies[i], i)).count();
+    println!(
+        "replies sampled at temperature 1 that are the rejected answer word for word: {}/{n} before DPO, {}/{n} after",
+        rejected(&before),
+        rejected(&after)
+    );
+    // Shown: a pair whose sampled reply was the rejected answer before and the
+    // chosen one after; else one that was rejected before and not after; else
+    // the pair whose gap grew most.
+    let chosen_after = |i: usize| after[i] == answer(&pairs[i].chosen.messages);
+    let turned = |i: usize| is_rejected(&before[i], i) && !is_rejected(&after[i], i);
+    let grew = |i: usize| gaps[i].1 - gaps[i].0;
+    let key = |i: usize| (turned(i) && chosen_after(i), turned(i), grew(i));
+    let Some(i) = (0..n).max_by(|&a, &b| key(a).partial_cmp(&key(b)).expect("finite")) else { return };
+    let turns = &pairs[i].chosen.messages;
+    println!("preference sample (held-out pair {}):", i + 1);
+    println!("Q: {}", turns[turns.len() - 2].content);
+    println!("   chosen:   {}", answer(turns));
+    println!("   rejected: {}", answer(&pairs[i].rejected.messages));
+    println!("   log π(chosen) − log π(rejected): {:+.2} before DPO, {:+.2} after", gaps[i].0, gaps[i].1);
+    println!("   sampled reply before DPO: {}", before[i]);
+    println!("   sampled reply after DPO:  {}", after[i]);
 }

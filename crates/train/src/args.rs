@@ -64,9 +64,10 @@ pub struct TrainArgs {
     /// [0 = only NaN, or ≥ 1]
     #[arg(long, default_value_t = 4.0, value_parser = range::divergence)]
     pub divergence_factor: f64,
-    /// Evaluate on the validation set every N optimizer steps (and at step 0 and the end). [≥ 1]
-    #[arg(long, default_value_t = 50, value_parser = range::at_least_one)]
-    pub eval_interval: usize,
+    /// Evaluate on the validation set every N optimizer steps (and at step 0 and the end).
+    /// Default: a tenth of the run, so every run's curve has about ten points. [≥ 1]
+    #[arg(long, value_parser = range::at_least_one)]
+    pub eval_interval: Option<usize>,
     /// Validation batches per evaluation (the same ones every time). [≥ 1]
     #[arg(long, default_value_t = 20, value_parser = range::at_least_one)]
     pub eval_batches: usize,

@@ -4,6 +4,7 @@
 //! <out>/config.json       every setting of the run (model shape included)
 //! <out>/tokenizer.json    the tokenizer the ids mean something in
 //! <out>/checkpoint/       model.mpk, optimizer.mpk, state.json
+//! <out>/best/             the weights of the lowest validation loss, as a run directory
 //! ```
 //! The checkpoint folder is written whole to `checkpoint.tmp/`, then swapped
 //! in by renames: a crash at any moment leaves either the previous
@@ -40,6 +41,13 @@ pub struct TrainerState {
     /// What the divergence test has seen so far.
     #[serde(default)]
     pub watch: LossWatch,
+    /// Sum and count of the training losses since the last logged one: each
+    /// logged training loss is the mean over its interval, not one batch's.
+    #[serde(default)]
+    pub interval_loss: (f64, usize),
+    /// (step, validation loss) of the best evaluation so far, the one `best/` holds.
+    #[serde(default)]
+    pub best: Option<(usize, f64)>,
 }
 
 /// `state.json`: the loop's state and the checksums of the files beside it.
@@ -97,6 +105,24 @@ pub fn save_checkpoint<B: Backend>(
     }
     std::fs::rename(&tmp, &dir).with_context(|| format!("cannot move {} into place", tmp.display()))?;
     remove_dir(&old)
+}
+
+/// `<out>/best/`: the weights of the evaluation with the lowest validation
+/// loss so far, as a run directory of their own (the run's marker, config and
+/// tokenizer beside a checkpoint without optimizer state), so that
+/// `--init <out>/best` or `chat --model <out>/best` use them like any run.
+/// An over-fitted run's last weights are worse than these.
+pub fn save_best<B: Backend>(out: &Path, model: &Gpt<B>, state: &TrainerState) -> Result<()> {
+    let best = out.join("best");
+    std::fs::create_dir_all(&best).with_context(|| format!("cannot create {}", best.display()))?;
+    for name in [crate::run_dir::MARKER, "config.json", "tokenizer.json"] {
+        let from = out.join(name);
+        if from.exists() {
+            let bytes = std::fs::read(&from).with_context(|| format!("cannot read {}", from.display()))?;
+            write_atomic(&best.join(name), &bytes)?;
+        }
+    }
+    save_checkpoint(&best, model, None, state)
 }
 
 fn remove_dir(dir: &Path) -> Result<()> {

@@ -83,4 +83,29 @@ impl MetricsLog {
     pub fn curve(&self, split: &str) -> Vec<(f64, f64)> {
         self.events.iter().filter(|e| e.split == split).map(|e| (e.step as f64, e.loss)).collect()
     }
+
+    /// The task metrics measured at evaluations that are shares in [0, 1]
+    /// (see [`is_share`]), each as (name, [(step, value)]), in the order they
+    /// were first logged: the performance learning curves.
+    pub fn share_curves(&self) -> Vec<(String, Vec<(f64, f64)>)> {
+        let mut curves: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+        for event in self.events.iter().filter(|e| e.split == "val") {
+            for (key, value) in event.extra.iter().filter(|(k, _)| is_share(k)) {
+                let Some(value) = value.as_f64() else { continue };
+                let point = (event.step as f64, value);
+                match curves.iter_mut().find(|(name, _)| name == key) {
+                    Some((_, points)) => points.push(point),
+                    None => curves.push((key.clone(), vec![point])),
+                }
+            }
+        }
+        curves
+    }
+}
+
+/// Metric names that are shares of a set in [0, 1] (accuracies, the share of
+/// well-formed replies, of looping ones, distinct-2), drawn on one 0–100% axis;
+/// margins and rewards are not.
+pub fn is_share(name: &str) -> bool {
+    name.ends_with("accuracy") || matches!(name, "well_formed" | "looping" | "distinct_2")
 }

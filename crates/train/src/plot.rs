@@ -1,5 +1,7 @@
 //! Learning curves: `loss.svg` and `loss.png`, train and validation loss
-//! against optimizer steps.
+//! against optimizer steps and, beside them, the stage's task metrics (answer
+//! accuracy, reward accuracy, ...) at each evaluation: the performance
+//! learning curve, which says whether a falling loss meant a better model.
 //!
 //! How to read them: both falling = still learning (under-fitting: train
 //! longer or use a bigger model); train falling while validation turns up =
@@ -12,14 +14,24 @@ use anyhow::{Context, Result, anyhow};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
+/// (name, [(step, value in [0, 1])]) per task metric.
+pub type ShareCurves = [(String, Vec<(f64, f64)>)];
+
 /// Draws both pictures, atomically (temp file, then rename). Labels need a
 /// TrueType font (plotters measures text even for SVG); on a machine without
 /// one the curves are drawn unlabelled: blue = train, orange = validation.
-pub fn draw_loss_curves(out: &Path, title: &str, train: &[(f64, f64)], val: &[(f64, f64)]) -> Result<()> {
-    let size = (900, 540);
+pub fn draw_loss_curves(
+    out: &Path,
+    title: &str,
+    train: &[(f64, f64)],
+    val: &[(f64, f64)],
+    metrics: &ShareCurves,
+) -> Result<()> {
+    let size = if metrics.is_empty() { (900, 540) } else { (1500, 540) };
     let text = font_loaded();
     let tmp = out.join("loss.tmp.svg");
-    draw(SVGBackend::new(&tmp, size).into_drawing_area(), title, train, val, text)
+    let curves = Curves { title, train, val, metrics };
+    draw(SVGBackend::new(&tmp, size).into_drawing_area(), &curves, text)
         .with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, out.join("loss.svg"))
         .with_context(|| format!("cannot write {}", out.join("loss.svg").display()))?;
@@ -27,7 +39,7 @@ pub fn draw_loss_curves(out: &Path, title: &str, train: &[(f64, f64)], val: &[(f
     // plotters' own PNG writer would compile a whole image library (JPEG,
     // BMP and more) into every binary for this one picture.
     let mut pixels = vec![0u8; 3 * size.0 as usize * size.1 as usize]; // RGB, row after row
-    draw(BitMapBackend::with_buffer(&mut pixels, size).into_drawing_area(), title, train, val, text)?;
+    draw(BitMapBackend::with_buffer(&mut pixels, size).into_drawing_area(), &curves, text)?;
     let tmp = out.join("loss.tmp.png");
     write_png(&tmp, size, &pixels)?;
     std::fs::rename(&tmp, out.join("loss.png"))
@@ -46,22 +58,45 @@ fn write_png(path: &Path, size: (u32, u32), rgb: &[u8]) -> Result<()> {
     Ok(())
 }
 
-fn draw<DB: DrawingBackend>(
-    root: DrawingArea<DB, Shift>,
-    title: &str,
-    train: &[(f64, f64)],
-    val: &[(f64, f64)],
-    text: bool,
-) -> Result<()>
+struct Curves<'a> {
+    title: &'a str,
+    train: &'a [(f64, f64)],
+    val: &'a [(f64, f64)],
+    metrics: &'a ShareCurves,
+}
+
+fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, curves: &Curves, text: bool) -> Result<()>
 where
     DB::ErrorType: 'static,
 {
     let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("drawing the loss curve failed: {e:?}");
     root.fill(&WHITE).map_err(err)?;
+    let (width, _) = root.dim_in_pixel();
+    let (loss_area, metric_area) = match curves.metrics.is_empty() {
+        true => (root.clone(), None),
+        false => {
+            let (left, right) = root.split_horizontally(width * 3 / 5);
+            (left, Some(right))
+        }
+    };
+    draw_losses(&loss_area, curves, text)?;
+    if let Some(area) = metric_area {
+        draw_metrics(&area, curves, text)?;
+    }
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+fn draw_losses<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, curves: &Curves, text: bool) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("drawing the loss curve failed: {e:?}");
+    let (title, train, val) = (curves.title, curves.train, curves.val);
     let all = train.iter().chain(val);
     let max_step = all.clone().map(|p| p.0).fold(1.0, f64::max);
     let max_loss = all.map(|p| p.1).filter(|l| l.is_finite()).fold(0.1, f64::max) * 1.05;
-    let mut builder = ChartBuilder::on(&root);
+    let mut builder = ChartBuilder::on(root);
     builder.margin(15);
     if text {
         builder.caption(title, ("sans-serif", 22)).x_label_area_size(40).y_label_area_size(55);
@@ -90,7 +125,49 @@ where
     if text {
         chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(err)?;
     }
-    root.present().map_err(err)?;
+    Ok(())
+}
+
+/// The task metrics, as percentages, against the same steps.
+fn draw_metrics<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, curves: &Curves, text: bool) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("drawing the metric curves failed: {e:?}");
+    let max_step = curves.train.iter().chain(curves.val).map(|p| p.0).fold(1.0, f64::max);
+    let mut builder = ChartBuilder::on(root);
+    builder.margin(15);
+    if text {
+        builder.caption("task metrics", ("sans-serif", 22)).x_label_area_size(40).y_label_area_size(55);
+    }
+    let mut chart = builder.build_cartesian_2d(0.0..max_step, 0.0..100.0).map_err(err)?;
+    let mut mesh = chart.configure_mesh();
+    if text {
+        mesh.x_desc("optimizer step").y_desc("% of the evaluation set");
+    } else {
+        mesh.disable_x_axis().disable_y_axis();
+    }
+    mesh.draw().map_err(err)?;
+    let palette = [RGBColor(44, 160, 44), RGBColor(148, 103, 189), RGBColor(214, 39, 40), RGBColor(140, 86, 75)];
+    for (i, (name, points)) in curves.metrics.iter().enumerate() {
+        let colour = palette[i % palette.len()];
+        let points: Vec<(f64, f64)> = points.iter().map(|&(step, share)| (step, 100.0 * share)).collect();
+        chart
+            .draw_series(LineSeries::new(points.iter().copied(), colour.stroke_width(2)))
+            .map_err(err)?
+            .label(name.replace('_', " "))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2)));
+        chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, colour.filled()))).map_err(err)?;
+    }
+    if text {
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(err)?;
+    }
     Ok(())
 }
 

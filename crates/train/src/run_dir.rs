@@ -23,7 +23,7 @@ pub const MARKER: &str = "minigpt-run.json";
 const FORMAT: u32 = 1;
 
 /// What the stages write in a run directory: the only names `--overwrite` replaces.
-const OURS: [&str; 12] = [
+const OURS: [&str; 13] = [
     MARKER,
     "config.json",
     "tokenizer.json",
@@ -36,6 +36,7 @@ const OURS: [&str; 12] = [
     "adapter.json",
     "adapter.mpk",
     "report.md",
+    "best",
 ];
 /// What a checkpoint folder holds.
 const CHECKPOINT_FILES: [&str; 3] = ["model.mpk", "optimizer.mpk", "state.json"];
@@ -126,6 +127,7 @@ pub fn prepare_out_dir(out: &Path, stage: &str, resume: bool, overwrite: bool, m
             for dir in ["checkpoint", "checkpoint.old"] {
                 check_only_ours(&out.join(dir))?;
             }
+            check_best_only_ours(&out.join("best"))?;
             // Starting over: the last run's files go, so none is mistaken for this one's.
             for name in OURS {
                 remove(&out.join(name))?;
@@ -219,6 +221,25 @@ fn check_only_ours(dir: &Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `best/` (see `checkpoint::save_best`) holds a marker, the config, the
+/// tokenizer and a checkpoint, and nothing else of ours.
+fn check_best_only_ours(best: &Path) -> Result<()> {
+    if !best.is_dir() {
+        return Ok(());
+    }
+    let ours = [MARKER, "config.json", "tokenizer.json", "checkpoint", "checkpoint.tmp", "checkpoint.old"];
+    let strangers: Vec<String> =
+        names(best)?.into_iter().filter(|n| !ours.iter().any(|o| n == o || n == &format!("{o}.tmp"))).collect();
+    if !strangers.is_empty() {
+        bail!(
+            "{} holds files this project did not write ({}): move them before starting over",
+            best.display(),
+            strangers.join(", ")
+        );
+    }
+    ["checkpoint", "checkpoint.old"].iter().try_for_each(|dir| check_only_ours(&best.join(dir)))
 }
 
 /// What a crash can leave half-written: `checkpoint.tmp/`, the loss

@@ -55,6 +55,18 @@ impl VecTask {
             blow_up_after: None,
         }
     }
+    /// Independent draws from a skewed distribution over 40 tokens: nothing
+    /// to learn but the token frequencies, so a model that learns more is
+    /// memorising its few training windows.
+    fn noise(n_train: usize, n_val: usize, seq: usize) -> Self {
+        let mut rng = data::util::SplitMix64(7);
+        let tokens = (0..(n_train + n_val) * seq + 1).map(|_| (40.0 * rng.next_f64().powi(3)) as u32).collect();
+        Self { tokens, ..Self::new(0, 0, seq) }.with_sizes(n_train, n_val)
+    }
+    fn with_sizes(mut self, n_train: usize, n_val: usize) -> Self {
+        (self.n_train, self.n_val) = (n_train, n_val);
+        self
+    }
     fn rows(&self, starts: impl Iterator<Item = usize>) -> Batch {
         let (mut inputs, mut targets, mut rows) = (Vec::new(), Vec::new(), 0);
         for s in starts {
@@ -290,4 +302,61 @@ fn plan_arithmetic() {
     assert!(err.contains("--batch-size 8 is larger than the 5 training examples"), "{err}");
     let err = Plan::new(20, &a).unwrap_err().to_string();
     assert!(err.contains("--grad-accum 4 needs more micro-batches than one epoch has (2)"), "{err}");
+}
+
+/// Each logged training loss is the mean over its logging interval: here
+/// the mean of the per-step losses an identical run logs one by one.
+#[test]
+fn the_logged_training_loss_is_the_mean_of_its_interval() {
+    let (device, model) = (Default::default(), tiny_model());
+    let run = |name: &str, every: &str| {
+        let out = out_dir(name);
+        let a = args(&out, &["--max-steps", "10", "--log-interval", every]);
+        let outcome = train(model.clone(), &mut VecTask::new(40, 8, 16), &a, &device, no_stop(), "t").unwrap();
+        train_losses(&outcome.log.events)
+    };
+    let (each, fives) = (run("log1", "1"), run("log5", "5"));
+    assert_eq!(fives.iter().map(|p| p.0).collect::<Vec<_>>(), [5, 10]);
+    for (i, (step, mean)) in fives.iter().enumerate() {
+        let expected = each[5 * i..5 * i + 5].iter().map(|p| p.1).sum::<f64>() / 5.0;
+        assert!((mean - expected).abs() < 1e-6, "step {step}: logged {mean}, mean of its steps {expected}");
+    }
+}
+
+/// Without --eval-interval a run evaluates about ten times, so its curve
+/// has points to read.
+#[test]
+fn a_run_evaluates_about_ten_times_by_default() {
+    let out = out_dir("evals");
+    let a = TrainArgs::from_flags(&["--out", out.to_str().unwrap(), "--batch-size", "4", "--max-steps", "30"]);
+    let outcome = train(tiny_model(), &mut VecTask::new(40, 8, 16), &a, &Default::default(), no_stop(), "t").unwrap();
+    let steps: Vec<f64> = outcome.log.curve("val").iter().map(|p| p.0).collect();
+    assert_eq!(steps, (0..=10).map(|i| 3.0 * i as f64).collect::<Vec<_>>());
+}
+
+/// A deliberately over-fitted run (8 windows of noise, 40 epochs) is
+/// diagnosed as such, and best/ keeps the weights of its best evaluation,
+/// loadable like any run.
+#[test]
+fn an_over_fitted_run_is_diagnosed_and_its_best_weights_are_kept() {
+    let out = out_dir("overfit");
+    let mut task = VecTask::noise(8, 8, 16);
+    let a = args(&out, &["--epochs", "40", "--lr", "1e-2", "--eval-interval", "4", "--log-interval", "2"]);
+    let outcome = train(tiny_model(), &mut task, &a, &Default::default(), no_stop(), "t").unwrap();
+    let d = outcome.diagnosis.expect("enough evaluations");
+    let crate::diagnosis::Verdict::OverFitting { best_step } = d.verdict else {
+        panic!("expected over-fitting, got {d:?}; val {:?}", outcome.log.curve("val"))
+    };
+    let val = outcome.log.curve("val");
+    let best = val.iter().copied().fold(val[0], |b, p| if p.1 < b.1 { p } else { b });
+    assert_eq!(best_step, best.0);
+    assert!(val.last().unwrap().1 > best.1 * 1.05, "validation rose after its best: {val:?}");
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("## Diagnosis: over-fitting"), "{report}");
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("best/checkpoint/state.json")).unwrap()).unwrap();
+    assert_eq!(state["step"].as_f64(), Some(best_step));
+    let cfg = GptConfig::tiny(40).with_d_model(32).with_n_layers(2).with_context_length(16).with_dropout(0.0);
+    let loaded = crate::checkpoint::load_run_weights::<kernels::Cpu>(&out.join("best"), &cfg, &Default::default());
+    assert!(loaded.is_ok(), "{:?}", loaded.err());
 }

@@ -6,6 +6,8 @@
 //! for each of grad_accum micro-batches:  forward → loss / grad_accum → backward → add gradients
 //! clip gradients → lr = schedule(step) → optimizer step → log / evaluate / save
 //! ```
+//! At the end the run's curves are read (`diagnosis.rs`) and `report.md`
+//! says what they show.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,11 +23,13 @@ use kernels::AutodiffBackend;
 use model::Gpt;
 
 use crate::args::TrainArgs;
-use crate::checkpoint::{TrainerState, load_checkpoint, save_checkpoint};
+use crate::checkpoint::{TrainerState, load_checkpoint, save_best, save_checkpoint};
 use crate::clip::{clip_grad_norm, clip_grad_value, global_grad_norm};
+use crate::diagnosis::Diagnosis;
 use crate::metrics::{Event, MetricsLog};
 use crate::optim::Optim;
 use crate::plot::draw_loss_curves;
+use crate::report::write_report;
 use crate::schedule::LrSchedule;
 use crate::task::Task;
 
@@ -75,6 +79,8 @@ pub struct Outcome<B: AutodiffBackend> {
     pub log: MetricsLog,
     /// True if a signal stopped the run early (a checkpoint was saved).
     pub interrupted: bool,
+    /// What the curves say (None: interrupted, or too few evaluations to tell).
+    pub diagnosis: Option<Diagnosis>,
 }
 
 /// Trains `model` on `task` as `args` say, writing everything to `args.out`.
@@ -100,6 +106,7 @@ pub fn train<B: AutodiffBackend, T: Task>(
         warmup_steps: args.warmup_steps,
         total_steps: plan.total_steps,
     };
+    let eval_interval = args.eval_interval.unwrap_or(plan.total_steps.div_ceil(10)).max(1);
     // Training batches: shuffled every epoch, last partial batch dropped.
     let mut sampler = BatchSampler::new(task.train_len(), args.batch_size, true, true, args.seed);
     let mut state = TrainerState::default();
@@ -143,6 +150,8 @@ pub fn train<B: AutodiffBackend, T: Task>(
     let epoch_of = |s: &TrainerState| s.sampler.epoch as f64 + s.sampler.batch as f64 / plan.batches_per_epoch as f64;
 
     let mut interrupted = false;
+    // The last logged training loss (a mean over its interval), printed beside each validation loss.
+    let mut train_mean = f64::NAN;
     // A checkpoint due at the end of a step is written during the next one,
     // once these weights have scored a sane training loss: a model that has
     // just diverged never replaces the last good checkpoint.
@@ -168,6 +177,9 @@ pub fn train<B: AutodiffBackend, T: Task>(
             .watch
             .validation(0, loss, args.divergence_factor)
             .map_err(|why| diverged(why, schedule.lr_at(0), None))?;
+        // A fine-tuning run can make its starting model worse: that model is then the best.
+        state.best = Some((0, loss));
+        save_best(&args.out, &model, &state)?;
     }
 
     while state.step < plan.total_steps {
@@ -235,6 +247,7 @@ pub fn train<B: AutodiffBackend, T: Task>(
         state.tokens += step_tokens;
         state.sampler = sampler.position();
         state.elapsed_s = elapsed();
+        state.interval_loss = (state.interval_loss.0 + loss, state.interval_loss.1 + 1);
         let last = state.step == plan.total_steps;
         interrupted = stop.load(Ordering::SeqCst) && !last;
 
@@ -243,15 +256,21 @@ pub fn train<B: AutodiffBackend, T: Task>(
         bar.set_message(format!("loss {loss:.3} | lr {lr:.1e} | {:.0} tok/s", tokens_per_s(&state, step_secs)));
         if state.step % args.log_interval == 0 || last {
             let extra: Vec<(String, f64)> = step_metrics.iter().map(|(k, v)| (k.to_string(), *v)).collect();
-            let at = event("train", &state, epoch_of(&state), loss, lr, tokens_per_s(&state, step_secs));
+            // One batch's loss is noisy; the mean over the interval is the curve.
+            let (sum, steps) = std::mem::take(&mut state.interval_loss);
+            train_mean = sum / steps.max(1) as f64;
+            let at = event("train", &state, epoch_of(&state), train_mean, lr, tokens_per_s(&state, step_secs));
             log.log(Event { grad_norm: Some(grad_norm), extra: to_map(&extra), ..at })?;
         }
-        if state.step % args.eval_interval == 0 || last {
+        if state.step % eval_interval == 0 || last {
             let (val_loss, extra) = evaluate(&model, task, &val_batches, device);
+            // The training loss beside it: of the interval under way, or the last logged one.
+            let (sum, steps) = state.interval_loss;
+            let train_now = if steps > 0 { sum / steps as f64 } else { train_mean };
             say(
                 &bar,
                 format!(
-                    "step {}: train loss {loss:.4}, val loss {val_loss:.4} (perplexity {:.1}){}",
+                    "step {}: train loss {train_now:.4}, val loss {val_loss:.4} (perplexity {:.1}){}",
                     state.step,
                     val_loss.exp(),
                     fmt_extra(&extra)
@@ -259,11 +278,15 @@ pub fn train<B: AutodiffBackend, T: Task>(
             );
             let at = event("val", &state, epoch_of(&state), val_loss, lr, tokens_per_s(&state, step_secs));
             log.log(Event { extra: to_map(&extra), ..at })?;
-            draw_loss_curves(&args.out, title, &log.curve("train"), &log.curve("val"))?;
+            draw_loss_curves(&args.out, title, &log.curve("train"), &log.curve("val"), &log.share_curves())?;
             state
                 .watch
                 .validation(state.step, val_loss, args.divergence_factor)
                 .map_err(|why| diverged(why, lr, last_saved))?;
+            if state.best.is_none_or(|(_, best)| val_loss < best) {
+                state.best = Some((state.step, val_loss));
+                save_best(&args.out, &model, &state)?;
+            }
         }
         if last || interrupted {
             // No next step to wait for: the last weights were just validated;
@@ -278,7 +301,16 @@ pub fn train<B: AutodiffBackend, T: Task>(
         }
     }
     bar.finish_and_clear();
-    Ok(Outcome { model, log, interrupted })
+    let mut diagnosis = None;
+    if !interrupted {
+        diagnosis = write_report(&args.out, title, &log, state.best)?;
+        match &diagnosis {
+            Some(d) => println!("diagnosis: {} ({}); {}", d.name(), d.evidence, d.advice),
+            None => println!("diagnosis: too few evaluations to read the curves (lower --eval-interval)"),
+        }
+        println!("report: {}", args.out.join("report.md").display());
+    }
+    Ok(Outcome { model, log, interrupted, diagnosis })
 }
 
 /// Mean validation loss over the fixed batches, plus the task's own metrics.

@@ -16,8 +16,8 @@ use model::Gpt;
 use model::gpt::int_tensor;
 
 use crate::task::Task;
-use crate::tasks::dpo_loss::{DpoOutput, dpo_loss, sequence_log_probs};
-use crate::tasks::eval::answer_accuracy;
+use crate::tasks::dpo_loss::{DpoOutput, chosen_nll, dpo_loss, sequence_log_probs};
+use crate::tasks::eval::score_replies;
 
 /// Pairs as one padded batch (chosen rows, then rejected rows) with the
 /// reference's log-probabilities of each answer.
@@ -25,6 +25,8 @@ pub struct DpoBatch {
     pub rows: SftBatch,
     pub ref_chosen: Vec<f32>,
     pub ref_rejected: Vec<f32>,
+    /// Tokens in each chosen answer (for RPO's per-token NLL).
+    pub chosen_tokens: Vec<f32>,
 }
 
 pub struct DpoTask<R: Backend> {
@@ -35,6 +37,8 @@ pub struct DpoTask<R: Backend> {
     pub device: R::Device,
     pub beta: f64,
     pub label_smoothing: f64,
+    /// Weight of the chosen answers' NLL added to the loss (RPO; 0 = plain DPO).
+    pub rpo_alpha: f64,
     pub pad_id: u32,
     /// SFT questions scored at evaluations, to see what preference training cost.
     pub questions: Vec<SftExample>,
@@ -89,7 +93,8 @@ impl<R: Backend> DpoTask<R> {
             Some(cache) => indices.iter().map(|&i| cache[i]).unzip(),
             None => self.reference_log_probs(&rows),
         };
-        DpoBatch { rows, ref_chosen, ref_rejected }
+        let chosen_tokens = rows.mask.chunks(rows.seq_len).take(indices.len()).map(|row| row.iter().sum()).collect();
+        DpoBatch { rows, ref_chosen, ref_rejected, chosen_tokens }
     }
 
     /// Policy log-probs and the DPO output for a batch.
@@ -97,14 +102,19 @@ impl<R: Backend> DpoTask<R> {
         let n = batch.ref_chosen.len();
         let policy = answer_log_probs(model, &batch.rows, device); // [2n]: chosen rows, then rejected
         let host = |v: &Vec<f32>| Tensor::<B, 1>::from_data(TensorData::new(v.clone(), [n]), device);
-        dpo_loss(
-            policy.clone().narrow(0, 0, n),
+        let policy_chosen = policy.clone().narrow(0, 0, n);
+        let mut out = dpo_loss(
+            policy_chosen.clone(),
             policy.narrow(0, n, n),
             host(&batch.ref_chosen),
             host(&batch.ref_rejected),
             self.beta,
             self.label_smoothing,
-        )
+        );
+        if self.rpo_alpha > 0.0 {
+            out.loss = out.loss + chosen_nll(policy_chosen, host(&batch.chosen_tokens), self.rpo_alpha);
+        }
+        out
     }
 }
 
@@ -170,10 +180,12 @@ impl<R: Backend> Task for DpoTask<R> {
             ("rejected_reward".to_string(), mean(&rejected)),
         ];
         if !self.questions.is_empty() {
-            out.push((
-                "answer_accuracy".to_string(),
-                answer_accuracy(model, &self.tokenizer, &self.questions, self.max_answer_tokens),
-            ));
+            // The held-out questions' replies, also read for degeneration.
+            let scores = score_replies(model, &self.tokenizer, &self.questions, self.max_answer_tokens);
+            out.push(("answer_accuracy".to_string(), scores.accuracy));
+            out.push(("well_formed".to_string(), scores.well_formed));
+            out.push(("looping".to_string(), scores.looping));
+            out.push(("distinct_2".to_string(), scores.distinct_2));
         }
         out
     }
@@ -235,6 +247,7 @@ mod tests {
             device,
             beta: 0.5,
             label_smoothing: 0.0,
+            rpo_alpha: 0.0,
             pad_id: pad,
             questions: Vec::new(),
             tokenizer: tok,

@@ -5,12 +5,19 @@ use kernels::Backend;
 use model::Gpt;
 use model::gpt::int_tensor;
 
+use data::Tokenizer;
+use data::facts::FactPrompt;
+
 use crate::task::Task;
+use crate::tasks::eval::fact_accuracy;
 
 /// Next-token prediction on sliding windows of a token stream.
 pub struct PretrainTask {
     pub train: data::WindowDataset,
     pub val: data::WindowDataset,
+    /// Fact completions scored at each evaluation as `fact_accuracy` (none: not scored).
+    pub facts: Vec<FactPrompt>,
+    pub tokenizer: Tokenizer,
 }
 
 impl Task for PretrainTask {
@@ -35,5 +42,11 @@ impl Task for PretrainTask {
         let inputs = int_tensor::<B>(&batch.inputs, batch.batch_size, batch.seq_len, device);
         let targets = int_tensor::<B>(&batch.targets, batch.batch_size, batch.seq_len, device);
         model.loss(inputs, targets)
+    }
+    fn evaluate<B: Backend>(&mut self, model: &Gpt<B>, _device: &B::Device) -> Vec<(String, f64)> {
+        match self.facts.is_empty() {
+            true => Vec::new(),
+            false => vec![("fact_accuracy".into(), fact_accuracy(model, &self.tokenizer, &self.facts))],
+        }
     }
 }

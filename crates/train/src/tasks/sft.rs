@@ -11,14 +11,16 @@ use model::gpt::int_tensor;
 use model::loss::masked_cross_entropy;
 
 use crate::task::Task;
-use crate::tasks::eval::answer_accuracy;
+use crate::tasks::eval::{answer_accuracy, score_replies};
 
 pub struct SftTask {
     pub train: SftDataset,
     pub val: SftDataset,
     /// Held-out questions with expected answers, scored by generation and
-    /// logged as `answer_accuracy`.
+    /// logged as `answer_accuracy` (and `well_formed`, see `eval.rs`).
     pub questions: Vec<SftExample>,
+    /// Trained facts asked in unseen words, logged as `paraphrase_accuracy`.
+    pub paraphrases: Vec<SftExample>,
     /// Questions of a new skill (LoRA's task), logged as `task_accuracy`.
     pub task_questions: Vec<SftExample>,
     pub tokenizer: Tokenizer,
@@ -65,18 +67,18 @@ impl Task for SftTask {
         sft_loss(model, batch, device)
     }
     fn evaluate<B: Backend>(&mut self, model: &Gpt<B>, _device: &B::Device) -> Vec<(String, f64)> {
+        let (tokenizer, max) = (&self.tokenizer, self.max_answer_tokens);
         let mut out = Vec::new();
         if !self.task_questions.is_empty() {
-            out.push((
-                "task_accuracy".into(),
-                answer_accuracy(model, &self.tokenizer, &self.task_questions, self.max_answer_tokens),
-            ));
+            out.push(("task_accuracy".into(), answer_accuracy(model, tokenizer, &self.task_questions, max)));
         }
         if !self.questions.is_empty() {
-            out.push((
-                "answer_accuracy".into(),
-                answer_accuracy(model, &self.tokenizer, &self.questions, self.max_answer_tokens),
-            ));
+            let scores = score_replies(model, tokenizer, &self.questions, max);
+            out.push(("answer_accuracy".into(), scores.accuracy));
+            out.push(("well_formed".into(), scores.well_formed));
+        }
+        if !self.paraphrases.is_empty() {
+            out.push(("paraphrase_accuracy".into(), answer_accuracy(model, tokenizer, &self.paraphrases, max)));
         }
         out
     }
@@ -124,6 +126,7 @@ mod tests {
             train: set.clone(),
             val: set,
             questions: examples,
+            paraphrases: Vec::new(),
             task_questions: Vec::new(),
             tokenizer: tok.clone(),
             pad_id: pad,
