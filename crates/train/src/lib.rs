@@ -17,6 +17,7 @@ pub mod divergence;
 pub mod memory;
 pub mod metrics;
 pub mod optim;
+pub mod plan;
 pub mod plot;
 pub mod report;
 pub mod run;

@@ -10,8 +10,8 @@ use kernels::Backend;
 use model::{GenerateOptions, Gpt, GptConfig, Sampling, generate};
 
 use crate::checkpoint::read_model_config;
+use crate::plan::Plan;
 use crate::run_dir::{prepare_out_dir, require_stage};
-use crate::trainer::Plan;
 
 /// The start-up report: model size and the arithmetic of the run.
 pub fn print_plan(

@@ -28,50 +28,11 @@ use crate::clip::{clip_grad_norm, clip_grad_value, global_grad_norm};
 use crate::diagnosis::Diagnosis;
 use crate::metrics::{Event, MetricsLog};
 use crate::optim::Optim;
+pub use crate::plan::Plan;
 use crate::plot::draw_loss_curves;
 use crate::report::write_report;
 use crate::schedule::LrSchedule;
 use crate::task::Task;
-
-/// The arithmetic of a run, printed before it starts.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Plan {
-    pub examples: usize,
-    /// Micro-batches per epoch: ⌊examples / batch_size⌋ (drop_last).
-    pub batches_per_epoch: usize,
-    /// Optimizer steps per epoch: batches_per_epoch / grad_accum.
-    pub steps_per_epoch: usize,
-    pub total_steps: usize,
-    /// batch_size × grad_accum examples per optimizer step.
-    pub effective_batch: usize,
-}
-
-impl Plan {
-    pub fn new(examples: usize, args: &TrainArgs) -> Result<Self> {
-        let batches_per_epoch = examples / args.batch_size;
-        if batches_per_epoch == 0 {
-            bail!(
-                "--batch-size {} is larger than the {examples} training examples: use at most {examples}",
-                args.batch_size
-            );
-        }
-        if args.grad_accum > batches_per_epoch {
-            bail!(
-                "--grad-accum {} needs more micro-batches than one epoch has ({batches_per_epoch}): use at most {batches_per_epoch}",
-                args.grad_accum
-            );
-        }
-        let steps_per_epoch = batches_per_epoch / args.grad_accum;
-        let total_steps = args.max_steps.unwrap_or(steps_per_epoch * args.epochs);
-        Ok(Self {
-            examples,
-            batches_per_epoch,
-            steps_per_epoch,
-            total_steps,
-            effective_batch: args.batch_size * args.grad_accum,
-        })
-    }
-}
 
 /// What a finished (or interrupted) run hands back.
 pub struct Outcome<B: AutodiffBackend> {
