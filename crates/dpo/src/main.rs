@@ -203,8 +203,7 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
     // -----------------------------------------------------------------------
     // 6. Summary: did the preferences move, and what did it cost?
     // -----------------------------------------------------------------------
-    let evals: Vec<_> = outcome.log.events.iter().filter(|e| e.split == "val").collect();
-    if let (Some(first), Some(last)) = (evals.first(), evals.last()) {
+    if let Some((first, last)) = outcome.log.first_and_last("val") {
         let get = |e: &train::metrics::Event, k: &str| e.extra.get(k).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
         println!(
             "held-out pairs: loss {:.3} → {:.3}; reward accuracy {:.1}% → {:.1}%; margin {:.3} → {:.3}",
@@ -239,15 +238,17 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
 /// word; and one pair, shown with its replies before and after.
 fn print_preference_sample<B: Backend>(task: &DpoTask<B>, policy: &Gpt<B>, seed: u64) {
     let pairs = &task.val.pairs;
-    // (gap before, gap after) of log π(chosen) − log π(rejected), per pair.
-    let gaps: Vec<(f32, f32)> = (0..pairs.len())
-        .map(|i| {
-            let batch = task.val_batch(&[i]);
-            let lp = answer_log_probs(policy, &batch.rows, &task.device).into_data().convert::<f32>();
-            let lp = lp.to_vec::<f32>().expect("f32");
-            (batch.ref_chosen[0] - batch.ref_rejected[0], lp[0] - lp[1])
-        })
-        .collect();
+    // (gap before, gap after) of log π(chosen) − log π(rejected), per pair,
+    // scored in batches as the evaluations do.
+    let mut gaps: Vec<(f32, f32)> = Vec::with_capacity(pairs.len());
+    for start in (0..pairs.len()).step_by(16) {
+        let indices: Vec<usize> = (start..(start + 16).min(pairs.len())).collect();
+        let batch = task.val_batch(&indices);
+        let lp = answer_log_probs(policy, &batch.rows, &task.device).into_data().convert::<f32>();
+        let lp = lp.to_vec::<f32>().expect("f32"); // [2n]: chosen rows, then rejected
+        let n = indices.len();
+        gaps.extend((0..n).map(|j| (batch.ref_chosen[j] - batch.ref_rejected[j], lp[j] - lp[n + j])));
+    }
     let n = pairs.len();
     let likelier = |after: bool| gaps.iter().filter(|g| if after { g.1 > 0.0 } else { g.0 > 0.0 }).count();
     println!(
@@ -256,7 +257,9 @@ fn print_preference_sample<B: Backend>(task: &DpoTask<B>, policy: &Gpt<B>, seed:
         likelier(true)
     );
     let prompt = |i: usize| &pairs[i].chosen.messages[..pairs[i].chosen.messages.len() - 1];
-    let answer = |turns: &[data::chat::Message]| turns.last().map_or(String::new(), |m| m.content.clone());
+    fn answer(turns: &[data::chat::Message]) -> &str {
+        turns.last().map_or("", |m| m.content.as_str())
+    }
     let max = task.max_answer_tokens;
     // The same seed per pair before and after: the two draws differ only by the model.
     let sample = |model: &Gpt<B>, i: usize| {
@@ -264,7 +267,7 @@ fn print_preference_sample<B: Backend>(task: &DpoTask<B>, policy: &Gpt<B>, seed:
     };
     let before: Vec<String> = (0..n).map(|i| sample(&task.reference, i)).collect();
     let after: Vec<String> = (0..n).map(|i| sample(policy, i)).collect();
-    let is_rejected = |reply: &String, i: usize| *reply == answer(&pairs[i].rejected.messages);
+    let is_rejected = |reply: &str, i: usize| reply == answer(&pairs[i].rejected.messages);
     let rejected = |replies: &[String]| (0..n).filter(|&i| is_rejected(&replies[i], i)).count();
     println!(
         "replies sampled at temperature 1 that are the rejected answer word for word: {}/{n} before DPO, {}/{n} after",

@@ -227,8 +227,7 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
         base_bytes / 1024,
         100.0 * adapter_bytes as f64 / base_bytes as f64
     );
-    let evals: Vec<_> = outcome.log.events.iter().filter(|e| e.split == "val").collect();
-    if let (Some(first), Some(last)) = (evals.first(), evals.last()) {
+    if let Some((first, last)) = outcome.log.first_and_last("val") {
         println!(
             "validation loss {:.3} → {:.3}; task accuracy {}; SFT answer accuracy {} ({:.0} s)",
             first.loss,

@@ -212,8 +212,7 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
             out.display()
         );
     }
-    let evals: Vec<_> = outcome.log.events.iter().filter(|e| e.split == "val").collect();
-    if let (Some(first), Some(last)) = (evals.first(), evals.last())
+    if let Some((first, last)) = outcome.log.first_and_last("val")
         && !task.facts.is_empty()
     {
         let facts = percent_change(first, last, "fact_accuracy");

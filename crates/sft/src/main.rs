@@ -179,8 +179,7 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
     // -----------------------------------------------------------------------
     // 6. Summary: what fine-tuning changed, and one answer
     // -----------------------------------------------------------------------
-    let evals: Vec<_> = outcome.log.events.iter().filter(|e| e.split == "val").collect();
-    if let (Some(first), Some(last)) = (evals.first(), evals.last()) {
+    if let Some((first, last)) = outcome.log.first_and_last("val") {
         println!(
             "validation loss {:.3} → {:.3}; answer accuracy {} (step {} → {}, {:.0} s)",
             first.loss,

@@ -45,9 +45,6 @@ pub struct TrainerState {
     /// logged training loss is the mean over its interval, not one batch's.
     #[serde(default)]
     pub interval_loss: (f64, usize),
-    /// (step, validation loss) of the best evaluation so far, the one `best/` holds.
-    #[serde(default)]
-    pub best: Option<(usize, f64)>,
 }
 
 /// `state.json`: the loop's state and the checksums of the files beside it.

@@ -84,6 +84,14 @@ impl MetricsLog {
         self.events.iter().filter(|e| e.split == split).map(|e| (e.step as f64, e.loss)).collect()
     }
 
+    /// The first and the last event of one split (`"train"` or `"val"`), for
+    /// "before → after" summaries; None if the split has no event.
+    pub fn first_and_last(&self, split: &str) -> Option<(&Event, &Event)> {
+        let mut events = self.events.iter().filter(|e| e.split == split);
+        let first = events.next()?;
+        Some((first, events.next_back().unwrap_or(first)))
+    }
+
     /// The task metrics measured at evaluations that are shares in [0, 1]
     /// (see [`is_share`]), each as (name, [(step, value)]), in the order they
     /// were first logged: the performance learning curves.

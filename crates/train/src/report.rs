@@ -28,8 +28,6 @@ pub fn write_report(
 
 fn report_text(title: &str, log: &MetricsLog, best: Option<(usize, f64)>, diagnosis: Option<&Diagnosis>) -> String {
     let mut md = String::new();
-    let evals: Vec<&Event> = log.events.iter().filter(|e| e.split == "val").collect();
-    let trains: Vec<&Event> = log.events.iter().filter(|e| e.split == "train").collect();
     // Writing into a String cannot fail.
     let _ = writeln!(md, "# Run report: {title}\n");
     let _ = writeln!(md, "![learning curves: loss on the left, task metrics on the right](loss.png)\n");
@@ -44,12 +42,12 @@ fn report_text(title: &str, log: &MetricsLog, best: Option<(usize, f64)>, diagno
     if let Some((step, loss)) = best {
         let _ = writeln!(md, "`best/` holds the weights of step {step}, the lowest validation loss ({loss:.4}).\n");
     }
-    let (Some(first), Some(last)) = (evals.first(), evals.last()) else { return md };
+    let Some((first, last)) = log.first_and_last("val") else { return md };
     let _ = writeln!(md, "## From the first evaluation to the last\n");
     let _ = writeln!(md, "| | step {} | step {} |", first.step, last.step);
     let _ = writeln!(md, "|---|---|---|");
     let _ = writeln!(md, "| validation loss | {:.4} | {:.4} |", first.loss, last.loss);
-    if let (Some(a), Some(b)) = (trains.first(), trains.last()) {
+    if let Some((a, b)) = log.first_and_last("train") {
         let _ = writeln!(
             md,
             "| training loss (mean of each logging interval) | {:.4} (step {}) | {:.4} (step {}) |",

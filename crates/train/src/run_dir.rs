@@ -204,15 +204,27 @@ fn check_foreign(out: &Path, resume: bool, overwrite: bool) -> Result<()> {
     Ok(())
 }
 
-/// Refuses a checkpoint folder holding files that are not a checkpoint's.
+/// Checks that the checkpoint folder `dir` holds only a checkpoint's files
+/// (or their temporaries), before starting over removes it.
 fn check_only_ours(dir: &Path) -> Result<()> {
+    check_only(dir, &CHECKPOINT_FILES)
+}
+
+/// `best/` (see `checkpoint::save_best`) holds a marker, the config, the
+/// tokenizer and checkpoint folders, and nothing else of ours.
+fn check_best_only_ours(best: &Path) -> Result<()> {
+    check_only(best, &[MARKER, "config.json", "tokenizer.json", "checkpoint"])?;
+    ["checkpoint", "checkpoint.old"].iter().try_for_each(|dir| check_only_ours(&best.join(dir)))
+}
+
+/// Fails, naming them, if `dir` holds anything but the names in `ours` and
+/// their variants (`name.tmp`, `name.old`).
+fn check_only(dir: &Path, ours: &[&str]) -> Result<()> {
     if !dir.is_dir() {
         return Ok(());
     }
-    let strangers: Vec<String> = names(dir)?
-        .into_iter()
-        .filter(|n| !CHECKPOINT_FILES.iter().any(|f| n == f || n.starts_with(&format!("{f}."))))
-        .collect();
+    let strangers: Vec<String> =
+        names(dir)?.into_iter().filter(|n| !ours.iter().any(|f| n == f || n.starts_with(&format!("{f}.")))).collect();
     if !strangers.is_empty() {
         bail!(
             "{} holds files this project did not write ({}): move them before starting over",
@@ -221,25 +233,6 @@ fn check_only_ours(dir: &Path) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// `best/` (see `checkpoint::save_best`) holds a marker, the config, the
-/// tokenizer and a checkpoint, and nothing else of ours.
-fn check_best_only_ours(best: &Path) -> Result<()> {
-    if !best.is_dir() {
-        return Ok(());
-    }
-    let ours = [MARKER, "config.json", "tokenizer.json", "checkpoint", "checkpoint.tmp", "checkpoint.old"];
-    let strangers: Vec<String> =
-        names(best)?.into_iter().filter(|n| !ours.iter().any(|o| n == o || n == &format!("{o}.tmp"))).collect();
-    if !strangers.is_empty() {
-        bail!(
-            "{} holds files this project did not write ({}): move them before starting over",
-            best.display(),
-            strangers.join(", ")
-        );
-    }
-    ["checkpoint", "checkpoint.old"].iter().try_for_each(|dir| check_only_ours(&best.join(dir)))
 }
 
 /// What a crash can leave half-written: `checkpoint.tmp/`, the loss

@@ -139,7 +139,6 @@ pub fn train<B: AutodiffBackend, T: Task>(
             .validation(0, loss, args.divergence_factor)
             .map_err(|why| diverged(why, schedule.lr_at(0), None))?;
         // A fine-tuning run can make its starting model worse: that model is then the best.
-        state.best = Some((0, loss));
         save_best(&args.out, &model, &state)?;
     }
 
@@ -244,8 +243,8 @@ pub fn train<B: AutodiffBackend, T: Task>(
                 .watch
                 .validation(state.step, val_loss, args.divergence_factor)
                 .map_err(|why| diverged(why, lr, last_saved))?;
-            if state.best.is_none_or(|(_, best)| val_loss < best) {
-                state.best = Some((state.step, val_loss));
+            // The watch keeps the best validation loss: a new one is `best/`'s.
+            if state.watch.best_val.is_some_and(|(_, step)| step == state.step) {
                 save_best(&args.out, &model, &state)?;
             }
         }
@@ -264,7 +263,8 @@ pub fn train<B: AutodiffBackend, T: Task>(
     bar.finish_and_clear();
     let mut diagnosis = None;
     if !interrupted {
-        diagnosis = write_report(&args.out, title, &log, state.best)?;
+        let best = state.watch.best_val.map(|(loss, step)| (step, loss));
+        diagnosis = write_report(&args.out, title, &log, best)?;
         match &diagnosis {
             Some(d) => println!("diagnosis: {} ({}); {}", d.name(), d.evidence, d.advice),
             None => println!("diagnosis: too few evaluations to read the curves (lower --eval-interval)"),

@@ -111,7 +111,12 @@ pub fn answer_accuracy<B: Backend>(
 }
 
 fn is_chinese(text: &str) -> bool {
-    text.chars().any(|c| ('\u{4e00}'..='\u{9fff}').contains(&c))
+    text.chars().any(is_han)
+}
+
+/// A CJK unified ideograph: a Chinese character.
+fn is_han(c: char) -> bool {
+    ('\u{4e00}'..='\u{9fff}').contains(&c)
 }
 
 /// Share of fact prompts whose greedy continuation, up to its first
@@ -153,7 +158,7 @@ fn units(text: &str) -> Vec<&str> {
     for word in text.split_whitespace() {
         let mut start = 0;
         for (i, c) in word.char_indices() {
-            if is_chinese(&c.to_string()) {
+            if is_han(c) {
                 if start < i {
                     out.push(&word[start..i]);
                 }
