@@ -23,7 +23,7 @@ use burn::optim::GradientsParams;
 use burn::tensor::{Distribution, ElementConversion, Int, Tensor};
 use clap::Parser;
 use kernels::{AutodiffBackend, Backend};
-use model::{ComputeConfig, Gpt, GptConfig};
+use model::{ComputeConfig, Gpt, GptConfig, Precision};
 use train::args::range;
 use train::clip::clip_grad_norm;
 use train::optim::{Optim, OptimizerKind};
@@ -71,6 +71,11 @@ struct Args {
     /// Attention as written out (softmax(QKᵀ/√d + mask)·V) instead of the fused kernel.
     #[arg(long)]
     plain_attention: bool,
+    /// Precision of the products: f32, or bf16 / fp16 mixed precision (f32 weights and
+    /// optimizer; see `model::precision`). 16-bit needs `--device flex` or `cuda`. fp16 is
+    /// timed without loss scaling (one multiply of the loss and one of the gradients).
+    #[arg(long, default_value = "f32")]
+    dtype: Precision,
     /// Dropout during the benchmark (the reference uses 0). [0, 1)
     #[arg(long, default_value_t = 0.0, value_parser = range::probability)]
     dropout: f64,
@@ -102,6 +107,7 @@ struct Record {
 fn main() -> Result<()> {
     train::alloc::keep_freed_memory();
     let args = Args::parse();
+    train::device::check_dtype(&args.device, args.dtype)?;
     for preset in &args.preset {
         let cfg = shape(&args, preset)?;
         let batch = args.batch.unwrap_or(match preset.as_str() {
@@ -140,7 +146,7 @@ fn bench<B: AutodiffBackend>(
     args: &Args,
 ) -> Result<Record> {
     B::seed(device, 0);
-    let compute = ComputeConfig::new().with_fused_attention(!args.plain_attention);
+    let compute = ComputeConfig::new().with_fused_attention(!args.plain_attention).with_precision(args.dtype);
     train::memory::check(cfg, cfg.num_params(), batch, cfg.context_length, &args.device)?;
     let mut model = Gpt::<B>::new(cfg, device).with_compute(&compute);
     let mut optim = Optim::new(OptimizerKind::Adamw, 0.1, &model, &model.embedding_param_ids());
@@ -194,7 +200,12 @@ fn bench<B: AutodiffBackend>(
         params_m: round(params as f64 / 1e6, 2),
         batch,
         ctx,
-        dtype: "fp32",
+        // The reference's names.
+        dtype: match args.dtype {
+            Precision::F32 => "fp32",
+            Precision::Bf16 => "bf16",
+            Precision::Fp16 => "fp16",
+        },
         compiled: false,
         step_ms: round(secs * 1e3, 2),
         tokens_per_s: ((batch * ctx) as f64 / secs).round(),

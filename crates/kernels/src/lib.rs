@@ -51,7 +51,7 @@ pub mod autodiff;
 pub mod cpu;
 pub mod reference;
 
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{DType, Int, Tensor};
 
 /// What the model and the optimizer ask of a backend: burn's `Backend`,
 /// plus the operations it runs as single fused steps. Every method has a
@@ -222,21 +222,25 @@ pub fn gelu<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
 /// LayerNorm of each row of `x [rows, d]`: normalised to mean 0 and
 /// variance 1 (`eps` added to the variance), then `gamma [d]` ⊙ · + `beta [d]`.
 pub fn layer_norm<B: Backend>(x: Tensor<B, 2>, gamma: Tensor<B, 1>, beta: Tensor<B, 1>, eps: f64) -> Tensor<B, 2> {
+    assert_same_dtype("layer_norm", &[x.dtype(), gamma.dtype(), beta.dtype()]);
     B::layer_norm_rows(x, gamma, beta, eps).0
 }
 
 /// `a [m, k] · b [k, n]` → `[m, n]`.
 pub fn matmul<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 2> {
+    assert_same_dtype("matmul", &[a.dtype(), b.dtype()]);
     B::matmul(a, b, false)
 }
 
 /// `a [m, k] · bᵀ`, for `b [n, k]` → `[m, n]`, without materialising bᵀ.
 pub fn matmul_bt<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 2> {
+    assert_same_dtype("matmul_bt", &[a.dtype(), b.dtype()]);
     B::matmul(a, b, true)
 }
 
 /// `x [m, k] · w [k, n] + bias [n]` → `[m, n]`: a linear layer.
 pub fn linear<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>, bias: Tensor<B, 1>) -> Tensor<B, 2> {
+    assert_same_dtype("linear", &[x.dtype(), w.dtype(), bias.dtype()]);
     B::linear_rows(x, w, bias)
 }
 
@@ -249,6 +253,7 @@ pub fn causal_attention<B: Backend>(
     batch: usize,
     n_heads: usize,
 ) -> Tensor<B, 2> {
+    assert_same_dtype("causal_attention", &[q.dtype(), k.dtype(), v.dtype()]);
     B::causal_attention(q, k, v, batch, n_heads).0
 }
 
@@ -271,7 +276,25 @@ pub fn adamw_step<B: Backend, const D: usize>(
     v: Tensor<B, D>,
     step: &adamw::AdamwStep,
 ) -> (Tensor<B, D>, Tensor<B, D>, Tensor<B, D>) {
+    // Master weights, their gradients and Adam's moments: f32 only (see
+    // `model::precision`); a 16-bit weight would round most updates away.
+    let dtypes = [weight.dtype(), grad.dtype(), m.dtype(), v.dtype()];
+    assert!(dtypes.iter().all(|d| *d == DType::F32), "adamw_step: the optimizer runs on f32 tensors, got {dtypes:?}");
     B::adamw_step(weight, grad, m, v, step)
+}
+
+/// Panics, naming `what`, unless all `dtypes` are equal. burn checks only
+/// the shapes and devices of an operation's inputs; given an f32 and a
+/// bf16 tensor, some backends read both as the first one's dtype and
+/// compute garbage without an error. Every kernel with several inputs
+/// checks here (a comparison of tags, nothing read from memory).
+pub fn assert_same_dtype(what: &str, dtypes: &[DType]) {
+    if let Some(first) = dtypes.first() {
+        assert!(
+            dtypes.iter().all(|d| d == first),
+            "{what}: inputs in different precisions {dtypes:?}; cast them to one first (see model::precision)"
+        );
+    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! backend (the CUDA one uses them), and the tests hold every other
 //! implementation to them. (The AdamW formula is in [`crate::adamw`].)
 
-use burn::tensor::{Bool, IndexingUpdateOp, Int, Tensor, backend::Backend};
+use burn::tensor::{Bool, FloatDType, IndexingUpdateOp, Int, Tensor, backend::Backend};
 
 /// Softmax of each row, `[rows, cols]`. Subtracting the row max first keeps
 /// exp from overflowing; it cancels in the ratio.
@@ -173,7 +173,12 @@ pub fn causal_attention<B: Backend>(
     // [s, s] → [1, 1, s, s]: true above the diagonal, where key j is in query i's future.
     let future = Tensor::<B, 2, Bool>::tril_mask([seq, seq], 0, &scores.device()).reshape([1, 1, seq, seq]);
     let scores = scores.mask_fill(future, f32::NEG_INFINITY);
-    let weights = softmax_rows(scores.reshape([batch * n_heads * seq, seq])).reshape([batch, n_heads, seq, seq]);
+    // The softmax in f32 whatever the scores' precision (mixed precision:
+    // exp amplifies a rounded score's error); the weights are stored back
+    // in the inputs' precision for the product with V.
+    let dtype = FloatDType::from(scores.dtype());
+    let scores = scores.cast(FloatDType::F32).reshape([batch * n_heads * seq, seq]);
+    let weights = softmax_rows(scores).reshape([batch, n_heads, seq, seq]).cast(dtype);
     (merge_heads(weights.clone().matmul(v)), weights) // [b, h, s, s] · [b, h, s, hd] → [b, h, s, hd]
 }
 

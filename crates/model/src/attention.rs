@@ -13,13 +13,14 @@
 
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig};
-use burn::tensor::{Bool, Int, Tensor};
+use burn::tensor::{Bool, FloatDType, Int, Tensor};
 use kernels::Backend;
 
 use crate::config::GptConfig;
 use crate::init;
 use crate::kv_cache::LayerCache;
 use crate::lora::layer::LoraLinear;
+use crate::precision::full;
 
 #[derive(Module, Debug)]
 pub struct MultiHeadAttention<B: Backend> {
@@ -102,8 +103,11 @@ impl<B: Backend> MultiHeadAttention<B> {
         // head width, so softmax does not saturate into a one-hot at init.
         // Adding -inf hides the future: exp(-inf) = 0 in the softmax. The
         // bias is [1, 1, seq, n_keys] and broadcasts over batch and heads.
-        let scores = scores + causal_bias::<B>(seq, n_keys, &device);
+        // The mask and the softmax run in f32 whatever the products' precision
+        // (see `model::precision`); the weights go back to V's for the product.
+        let scores = full(scores) + causal_bias::<B>(seq, n_keys, &device);
         let attn_weights = self.attn_dropout.forward(kernels::softmax(scores)); // each row sums to 1
+        let attn_weights = attn_weights.cast(FloatDType::from(values.dtype()));
         let context = attn_weights.matmul(values); // [b, h, seq, n_keys] · [b, h, n_keys, hd] → [b, h, seq, hd]
         // [batch, heads, seq, head_dim] → [batch, seq, heads, head_dim] → [batch·seq, d_model]
         context.swap_dims(1, 2).reshape([rows, d_model])

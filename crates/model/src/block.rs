@@ -21,6 +21,7 @@ use crate::config::GptConfig;
 use crate::kv_cache::LayerCache;
 use crate::mlp::Mlp;
 use crate::norm::LayerNorm;
+use crate::precision::add_to_stream;
 
 #[derive(Module, Debug)]
 pub struct TransformerBlock<B: Backend> {
@@ -47,9 +48,11 @@ impl<B: Backend> TransformerBlock<B> {
     /// `[batch·seq, d_model]` (only attention needs to know where one
     /// sequence ends).
     pub fn forward(&self, x: Tensor<B, 2>, batch: usize, cache: Option<&mut LayerCache<B>>) -> Tensor<B, 2> {
+        // The stream stays f32; each sublayer's (low-precision) output is
+        // widened as it is added (see `model::precision`).
         let shortcut = x.clone();
-        let x = shortcut + self.attention.forward(self.norm1.forward(x), batch, cache);
+        let x = add_to_stream(shortcut, self.attention.forward(self.norm1.forward(x), batch, cache));
         let shortcut = x.clone();
-        shortcut + self.mlp.forward(self.norm2.forward(x))
+        add_to_stream(shortcut, self.mlp.forward(self.norm2.forward(x)))
     }
 }

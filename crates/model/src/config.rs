@@ -7,6 +7,8 @@
 
 use burn::config::Config;
 
+use crate::precision::Precision;
+
 /// The shape of a GPT-2-style decoder.
 #[derive(Config, Debug, PartialEq)]
 pub struct GptConfig {
@@ -147,7 +149,8 @@ impl GptConfig {
 }
 
 /// How the model computes, as opposed to what: switches that change speed
-/// (and rounding in the last digits), never the weights. Kept apart from
+/// and rounding (the last digits, or, for `precision`, all of them past
+/// the third), never the weights. Kept apart from
 /// [`GptConfig`] so that flipping one never makes a checkpoint look like
 /// another model.
 #[derive(Config, Debug, PartialEq)]
@@ -160,6 +163,11 @@ pub struct ComputeConfig {
     /// takes the written-out path: the kernel expects as many keys as queries.
     #[config(default = true)]
     pub fused_attention: bool,
+    /// The precision of the products (`--dtype`; see `model::precision`).
+    /// f32 by default: every backend has it, and it is the reference the
+    /// 16-bit runs are compared with. The weights stay f32 either way.
+    #[config(default = "Precision::F32")]
+    pub precision: Precision,
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ use crate::init;
 use crate::kv_cache::KvCache;
 use crate::loss::cross_entropy;
 use crate::norm::LayerNorm;
+use crate::precision::{Precision, full};
 
 #[derive(Module, Debug)]
 pub struct Gpt<B: Backend> {
@@ -38,6 +39,10 @@ pub struct Gpt<B: Backend> {
     /// embeddings (GPT-2) the head reuses `token_emb` transposed.
     pub lm_head: Option<Linear<B>>,
     context_length: usize,
+    /// The precision of the LM head's product (`ComputeConfig::precision`);
+    /// not saved: the weights are f32 whatever precision trained them.
+    #[module(skip)]
+    precision: Precision,
 }
 
 impl<B: Backend> Gpt<B> {
@@ -55,6 +60,7 @@ impl<B: Backend> Gpt<B> {
             lm_head: (!cfg.tie_embeddings)
                 .then(|| init::linear(cfg.d_model, cfg.vocab_size, false, init::INIT_STD, device)),
             context_length: cfg.context_length,
+            precision: Precision::F32,
         }
     }
 
@@ -63,6 +69,15 @@ impl<B: Backend> Gpt<B> {
         for block in &mut self.blocks {
             block.attention.fused = compute.fused_attention;
         }
+        self.with_precision(compute.precision)
+    }
+
+    /// The same model, its products in `precision` (see `model::precision`).
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        for (_, layer) in self.lora_layers_mut() {
+            layer.precision = precision;
+        }
+        self.precision = precision;
         self
     }
 
@@ -106,17 +121,25 @@ impl<B: Backend> Gpt<B> {
         self.head(x)
     }
 
-    /// `[batch·seq, d_model]` → `[batch·seq, vocab]`.
+    /// `[batch·seq, d_model]` → `[batch·seq, vocab]`: the product in the
+    /// model's precision, the logits handed back in f32 (what the loss and
+    /// the sampler read; see `model::precision`).
     fn head(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        match &self.lm_head {
-            Some(head) => head.forward(x),
+        let low = self.precision;
+        let x = low.low(x);
+        let logits = match &self.lm_head {
+            Some(head) => {
+                let w = low.low(head.weight.val()); // [d_model, vocab]; the head has no bias
+                kernels::matmul(x, w) // [batch·seq, d_model] · [d_model, vocab] → [batch·seq, vocab]
+            }
             None => {
                 // Tied: logits = x · Eᵀ, E = token_emb [vocab, d_model].
                 // `matmul_bt` reads E as stored and multiplies by its transpose.
-                let emb = self.token_emb.weight.val(); // [vocab, d_model]
+                let emb = low.low(self.token_emb.weight.val()); // [vocab, d_model]
                 kernels::matmul_bt(x, emb) // [batch·seq, d_model] · [d_model, vocab] → [batch·seq, vocab]
             }
-        }
+        };
+        full(logits)
     }
 
     /// Mean next-token cross-entropy of `inputs [b, t]` against `targets [b, t]`.

@@ -24,12 +24,14 @@ pub mod loss;
 pub mod mlp;
 pub mod norm;
 pub mod params;
+pub mod precision;
 
 pub use config::{ComputeConfig, GptConfig};
 pub use generate::{GenerateOptions, Sampling, generate, sample_next};
 pub use gpt::Gpt;
 pub use kv_cache::KvCache;
 pub use params::{ParamCounts, count_params};
+pub use precision::Precision;
 
 #[cfg(test)]
 mod tests;

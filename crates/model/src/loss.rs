@@ -9,14 +9,19 @@ use burn::tensor::{Int, Tensor};
 
 use kernels::Backend;
 
+use crate::precision::full;
+
 /// Negative log-probability of each target: logits `[n, vocab]`, targets `[n]` → `[n]`.
 ///
 /// One fused kernel (`kernels::token_nll`): the log-sum-exp subtracts the row max
 /// before exponentiating, so large logits cannot overflow, and the backward
 /// pass is softmax(z) − onehot(y) in one sweep over the logits. The same
 /// value as `-log_softmax(logits)[y]` (tested).
+/// Computed in f32 whatever precision the logits came in (see
+/// `model::precision`): the log-sum-exp over the vocabulary and the number
+/// training minimises are where rounding would hurt most.
 pub fn token_nll<B: Backend>(logits: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> Tensor<B, 1> {
-    kernels::token_nll(logits, targets)
+    kernels::token_nll(full(logits), targets)
 }
 
 /// Mean cross-entropy over all positions → `[1]`.

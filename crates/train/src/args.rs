@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use clap::{Args, Command};
 use serde::{Deserialize, Serialize};
 
+use model::Precision;
+
 use crate::optim::OptimizerKind;
 use crate::schedule::ScheduleKind;
 
@@ -68,6 +70,20 @@ pub struct TrainArgs {
     /// Default: a tenth of the run, so every run's curve has about ten points. [≥ 1]
     #[arg(long, value_parser = range::at_least_one)]
     pub eval_interval: Option<usize>,
+    /// Precision of the matrix products: `f32`, or mixed precision with `bf16` or `fp16`
+    /// products (weights, optimizer state and checkpoints stay f32; notebook 00, §7).
+    /// 16-bit runs need `--device flex` or `cuda`; fp16 adds dynamic loss scaling.
+    #[arg(long, default_value = "f32")]
+    #[serde(default)]
+    pub dtype: Precision,
+    /// fp16 only: the loss scale to start from (halved at each overflow). [> 0]
+    #[arg(long, default_value_t = 65536.0, value_parser = range::positive)]
+    #[serde(default = "default_loss_scale")]
+    pub loss_scale: f64,
+    /// fp16 only: double the loss scale after this many steps in a row without an overflow. [≥ 1]
+    #[arg(long, default_value_t = 2000, value_parser = range::at_least_one)]
+    #[serde(default = "default_growth_interval")]
+    pub loss_scale_growth_interval: usize,
     /// Validation batches per evaluation (the same ones every time). [≥ 1]
     #[arg(long, default_value_t = 20, value_parser = range::at_least_one)]
     pub eval_batches: usize,
@@ -123,8 +139,16 @@ impl TrainArgs {
     /// Checks what the flags' own ranges cannot: how they fit together.
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(self.min_lr <= self.lr, "--min-lr ({}) must not exceed --lr ({})", self.min_lr, self.lr);
-        Ok(())
+        crate::device::check_dtype(&self.device, self.dtype)
     }
+}
+
+// Defaults for configs saved before these flags existed.
+fn default_loss_scale() -> f64 {
+    65536.0
+}
+fn default_growth_interval() -> usize {
+    2000
 }
 
 /// Parsers for numeric flags, shared by every stage: a value out of range

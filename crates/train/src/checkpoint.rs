@@ -26,6 +26,7 @@ use model::{Gpt, GptConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::divergence::LossWatch;
+use crate::loss_scale::LossScale;
 
 /// Where the loop stands; saved as `state.json`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -45,6 +46,9 @@ pub struct TrainerState {
     /// logged training loss is the mean over its interval, not one batch's.
     #[serde(default)]
     pub interval_loss: (f64, usize),
+    /// fp16's loss scale, where it has got to (None: not an fp16 run).
+    #[serde(default)]
+    pub loss_scale: Option<LossScale>,
 }
 
 /// `state.json`: the loop's state and the checksums of the files beside it.

@@ -67,6 +67,19 @@ pub fn global_grad_norm<B: AutodiffBackend, M: Module<B>>(model: &M, grads: &mut
     total.map_or(0.0, |t| t.into_scalar().elem::<f64>().sqrt())
 }
 
+/// Multiplies every gradient by `factor` (how loss scaling's gradients are
+/// brought back to their true size).
+pub fn scale_grads<B: AutodiffBackend, M: Module<B>>(model: &M, grads: &mut GradientsParams, factor: f64) {
+    visit_grads::<B, M, _>(model, grads, Scale(factor));
+}
+
+struct Scale(f64);
+impl<B: Backend> GradFn<B> for Scale {
+    fn apply<const D: usize>(&mut self, _: ParamId, grad: Tensor<B, D>) -> Option<Tensor<B, D>> {
+        Some(grad * self.0)
+    }
+}
+
 /// Scales all gradients so their global norm is at most `max_norm`.
 /// Returns the norm *before* clipping (the number worth logging).
 pub fn clip_grad_norm<B: AutodiffBackend, M: Module<B>>(model: &M, grads: &mut GradientsParams, max_norm: f64) -> f64 {
@@ -74,13 +87,7 @@ pub fn clip_grad_norm<B: AutodiffBackend, M: Module<B>>(model: &M, grads: &mut G
     // The 1e-6 avoids dividing by zero for an all-zero gradient.
     let scale = max_norm / (norm + 1e-6);
     if scale < 1.0 {
-        struct Scale(f64);
-        impl<B: Backend> GradFn<B> for Scale {
-            fn apply<const D: usize>(&mut self, _: ParamId, grad: Tensor<B, D>) -> Option<Tensor<B, D>> {
-                Some(grad * self.0)
-            }
-        }
-        visit_grads::<B, M, _>(model, grads, Scale(scale));
+        scale_grads::<B, M>(model, grads, scale);
     }
     norm
 }

@@ -26,6 +26,18 @@ pub fn parse_device(s: &str) -> anyhow::Result<DeviceKind> {
     }
 }
 
+/// Refuses `--dtype` on a backend without tensors of that precision: burn's
+/// ndarray (`cpu`) holds f32 and f64 only; flex and CUDA have bf16 and fp16.
+pub fn check_dtype(device: &str, dtype: model::Precision) -> anyhow::Result<()> {
+    if dtype != model::Precision::F32 && parse_device(device)? == DeviceKind::Cpu {
+        anyhow::bail!(
+            "--dtype {dtype}: the cpu backend (burn's ndarray) has f32 tensors only; 16-bit products run on \
+             --device flex (build with --features flex) or --device cuda (--features cuda)"
+        );
+    }
+    Ok(())
+}
+
 /// Runs `f` on one of rayon's worker threads, and returns its result.
 ///
 /// The CPU kernels split their work with rayon. Called from the main thread,
@@ -87,5 +99,15 @@ mod tests {
         assert_eq!(parse_device("cuda").unwrap(), DeviceKind::Cuda(0));
         assert_eq!(parse_device("cuda:3").unwrap(), DeviceKind::Cuda(3));
         assert!(parse_device("gpu").unwrap_err().to_string().contains("expected cpu, flex, cuda"));
+    }
+
+    #[test]
+    fn sixteen_bit_products_are_refused_where_the_backend_has_none() {
+        use model::Precision;
+        let err = check_dtype("cpu", Precision::Bf16).unwrap_err().to_string();
+        assert!(err.contains("--dtype bf16") && err.contains("--device flex"), "{err}");
+        assert!(check_dtype("cpu", Precision::F32).is_ok());
+        assert!(check_dtype("flex", Precision::Fp16).is_ok());
+        assert!(check_dtype("cuda:1", Precision::Bf16).is_ok());
     }
 }

@@ -14,6 +14,7 @@ pub mod clip;
 pub mod device;
 pub mod diagnosis;
 pub mod divergence;
+pub mod loss_scale;
 pub mod memory;
 pub mod metrics;
 pub mod optim;

@@ -31,6 +31,9 @@ struct VecTask {
     loss_scale: f64,
     /// ...or by 1e6 from this many training batches on: a blow-up with finite losses.
     blow_up_after: Option<usize>,
+    /// The gradient (not the loss) of this training batch 10⁶ times larger:
+    /// an overflow for fp16's loss scaling to catch.
+    grad_spike_at: Option<usize>,
 }
 
 struct Batch {
@@ -53,6 +56,7 @@ impl VecTask {
             drawn: Cell::new(0),
             loss_scale: 1.0,
             blow_up_after: None,
+            grad_spike_at: None,
         }
     }
     /// Independent draws from a skewed distribution over 40 tokens: nothing
@@ -109,7 +113,12 @@ impl Task for VecTask {
             Some(n) if self.drawn.get() > n => 1e6,
             _ => self.loss_scale,
         };
-        model.loss(inputs, targets) * scale
+        let loss = model.loss(inputs, targets) * scale;
+        match self.grad_spike_at {
+            // Adds 10⁶·loss − 10⁶·loss: zero in value, 10⁶ in gradient.
+            Some(n) if self.drawn.get() == n => loss.clone() + (loss.clone() * 1e6 - (loss * 1e6).detach()),
+            _ => loss,
+        }
     }
 }
 
@@ -169,6 +178,8 @@ fn flat_grads(model: &Gpt<CpuTrain>, grads: &GradientsParams) -> Vec<f32> {
     model.visit(&mut c);
     c.1
 }
+
+mod precision;
 
 #[test]
 fn accumulated_micro_batches_equal_one_big_batch() {

@@ -20,12 +20,13 @@ use burn::tensor::ElementConversion;
 use data::BatchSampler;
 use indicatif::{ProgressBar, ProgressStyle};
 use kernels::AutodiffBackend;
-use model::Gpt;
+use model::{Gpt, Precision};
 
 use crate::args::TrainArgs;
 use crate::checkpoint::{TrainerState, load_checkpoint, save_best, save_checkpoint};
-use crate::clip::{clip_grad_norm, clip_grad_value, global_grad_norm};
+use crate::clip::{clip_grad_norm, clip_grad_value, global_grad_norm, scale_grads};
 use crate::diagnosis::Diagnosis;
+use crate::loss_scale::{LossScale, Verdict};
 use crate::metrics::{Event, MetricsLog};
 use crate::optim::Optim;
 pub use crate::plan::Plan;
@@ -82,6 +83,13 @@ pub fn train<B: AutodiffBackend, T: Task>(
         optim_bytes = Some(bytes);
         sampler.restore(saved.sampler);
         state = saved;
+    }
+    // The products in --dtype; the weights and the optimizer stay f32.
+    model = model.with_precision(args.dtype);
+    match args.dtype {
+        Precision::Fp16 if state.loss_scale.is_none() => state.loss_scale = Some(LossScale::new(args.loss_scale)),
+        Precision::Fp16 => {} // resumed: the scale it had reached
+        _ => state.loss_scale = None,
     }
     let mut optim = Optim::new(args.optimizer, args.weight_decay, &model, &model.embedding_param_ids());
     if let Some(bytes) = optim_bytes {
@@ -161,7 +169,11 @@ pub fn train<B: AutodiffBackend, T: Task>(
             // Dividing by grad_accum makes the summed gradients equal the
             // gradient of the *mean* loss over all micro-batches.
             let loss = loss / args.grad_accum as f64;
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            // fp16: the gradients travel the backward pass S times larger (see loss_scale.rs).
+            let grads = match &state.loss_scale {
+                Some(s) => GradientsParams::from_grads((loss.clone() * s.scale).backward(), &model),
+                None => GradientsParams::from_grads(loss.backward(), &model),
+            };
             accumulator.accumulate(&model, grads);
             let loss = loss.detach();
             step_loss = Some(match step_loss.take() {
@@ -191,17 +203,28 @@ pub fn train<B: AutodiffBackend, T: Task>(
         }
         state.watch = watch;
 
-        // 5. Clip, then step.
+        // 5. Unscale (fp16), clip, then step.
         let mut grads = accumulator.grads();
-        if let Some(v) = args.clip_value {
-            clip_grad_value(&model, &mut grads, v);
+        let mut verdict = Verdict::Step;
+        if let Some(scaler) = &mut state.loss_scale {
+            scale_grads(&model, &mut grads, 1.0 / scaler.scale);
+            // Checked before clipping, which would hide an inf.
+            let finite = global_grad_norm(&model, &mut grads).is_finite();
+            verdict = scaler.after_backward(finite, args.loss_scale_growth_interval);
         }
-        let grad_norm = if args.clip_norm > 0.0 {
-            clip_grad_norm(&model, &mut grads, args.clip_norm)
-        } else {
-            global_grad_norm(&model, &mut grads)
-        };
-        model = optim.step(lr, model, grads);
+        let mut grad_norm = f64::INFINITY;
+        if verdict == Verdict::Step {
+            if let Some(v) = args.clip_value {
+                clip_grad_value(&model, &mut grads, v);
+            }
+            grad_norm = if args.clip_norm > 0.0 {
+                clip_grad_norm(&model, &mut grads, args.clip_norm)
+            } else {
+                global_grad_norm(&model, &mut grads)
+            };
+            model = optim.step(lr, model, grads);
+        }
+        // A skipped step still counts (its batches were used, the schedule moves on).
         step_secs += step_started.elapsed().as_secs_f64();
         state.step += 1;
         state.tokens += step_tokens;
@@ -213,14 +236,27 @@ pub fn train<B: AutodiffBackend, T: Task>(
 
         // 6. Log, evaluate, save.
         bar.set_position(state.step as u64);
-        bar.set_message(format!("loss {loss:.3} | lr {lr:.1e} | {:.0} tok/s", tokens_per_s(&state, step_secs)));
+        let scale_note = match &state.loss_scale {
+            Some(s) => format!(" | loss scale {} ({} skipped)", s.scale, s.skipped),
+            None => String::new(),
+        };
+        let speed = tokens_per_s(&state, step_secs);
+        bar.set_message(format!("loss {loss:.3} | lr {lr:.1e} | {speed:.0} tok/s{scale_note}"));
+        if let (Verdict::Skip, Some(s)) = (verdict, &state.loss_scale) {
+            let extra = [("loss_scale".to_string(), s.scale)];
+            log.log(Event { extra: to_map(&extra), ..event("skipped", &state, epoch_of(&state), loss, lr, speed) })?;
+        }
         if state.step % args.log_interval == 0 || last {
-            let extra: Vec<(String, f64)> = step_metrics.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+            let mut extra: Vec<(String, f64)> = step_metrics.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+            if let Some(s) = &state.loss_scale {
+                extra.extend([("loss_scale".to_string(), s.scale), ("skipped_steps".to_string(), s.skipped as f64)]);
+            }
             // One batch's loss is noisy; the mean over the interval is the curve.
             let (sum, steps) = std::mem::take(&mut state.interval_loss);
             train_mean = sum / steps.max(1) as f64;
             let at = event("train", &state, epoch_of(&state), train_mean, lr, tokens_per_s(&state, step_secs));
-            log.log(Event { grad_norm: Some(grad_norm), extra: to_map(&extra), ..at })?;
+            let grad_norm = grad_norm.is_finite().then_some(grad_norm);
+            log.log(Event { grad_norm, extra: to_map(&extra), ..at })?;
         }
         if state.step % eval_interval == 0 || last {
             let (val_loss, extra) = evaluate(&model, task, &val_batches, device);

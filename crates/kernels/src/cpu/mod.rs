@@ -27,33 +27,48 @@ pub mod rows;
 pub mod simd;
 pub mod view;
 
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{DType, FloatDType, Int, Tensor};
 
 use crate::Backend;
 use crate::adamw::AdamwStep;
 
 // One implementation for both CPU backends: the loops only need to read
 // and write host buffers (`host::HostCopy`), which both provide.
+//
+// The loops compute in f32. A bf16 or fp16 input (mixed precision, on the
+// flex backend) is widened on the way in and every output rounded back to
+// the inputs' precision on the way out: what a GPU kernel does when it
+// loads 16-bit values and accumulates in f32. So a softmax or a product
+// given bf16 computes in f32 and stores bf16. The CPU has no faster 16-bit
+// arithmetic, so this costs two conversions and buys only the rounding
+// (which is what a learner comparing the curves wants to see). The
+// optimizer's kernels (AdamW, sum of squares) are not wrapped: they see
+// the f32 master weights and their f32 gradients only.
 macro_rules! cpu_kernels {
     ($backend:ty) => {
         impl Backend for $backend {
             fn softmax_rows(x: Tensor<Self, 2>) -> Tensor<Self, 2> {
-                rows::softmax_rows(x)
+                let dt = x.dtype();
+                narrow(rows::softmax_rows(widen(x)), dt)
             }
             fn softmax_rows_backward(y: Tensor<Self, 2>, dy: Tensor<Self, 2>) -> Tensor<Self, 2> {
-                rows::softmax_rows_backward(y, dy)
+                let dt = y.dtype();
+                narrow(rows::softmax_rows_backward(widen(y), widen(dy)), dt)
             }
             fn gelu_tanh(x: Tensor<Self, 2>) -> Tensor<Self, 2> {
-                rows::gelu_tanh(x)
+                let dt = x.dtype();
+                narrow(rows::gelu_tanh(widen(x)), dt)
             }
             fn gelu_tanh_backward(x: Tensor<Self, 2>, dy: Tensor<Self, 2>) -> Tensor<Self, 2> {
-                rows::gelu_tanh_backward(x, dy)
+                let dt = x.dtype();
+                narrow(rows::gelu_tanh_backward(widen(x), widen(dy)), dt)
             }
             fn cross_entropy_rows(
                 logits: Tensor<Self, 2>,
                 targets: Tensor<Self, 1, Int>,
             ) -> (Tensor<Self, 1>, Tensor<Self, 1>) {
-                rows::cross_entropy_rows(logits, targets)
+                let dt = logits.dtype();
+                narrow2(rows::cross_entropy_rows(widen(logits), targets), dt)
             }
             fn cross_entropy_rows_backward(
                 logits: Tensor<Self, 2>,
@@ -61,7 +76,8 @@ macro_rules! cpu_kernels {
                 logsumexp: Tensor<Self, 1>,
                 dnll: Tensor<Self, 1>,
             ) -> Tensor<Self, 2> {
-                rows::cross_entropy_rows_backward(logits, targets, logsumexp, dnll)
+                let dt = logits.dtype();
+                narrow(rows::cross_entropy_rows_backward(widen(logits), targets, widen(logsumexp), widen(dnll)), dt)
             }
             fn layer_norm_rows(
                 x: Tensor<Self, 2>,
@@ -69,7 +85,8 @@ macro_rules! cpu_kernels {
                 beta: Tensor<Self, 1>,
                 eps: f64,
             ) -> (Tensor<Self, 2>, Tensor<Self, 1>, Tensor<Self, 1>) {
-                rows::layer_norm_rows(x, gamma, beta, eps)
+                let dt = x.dtype();
+                narrow3(rows::layer_norm_rows(widen(x), widen(gamma), widen(beta), eps), dt)
             }
             fn layer_norm_rows_backward(
                 x: Tensor<Self, 2>,
@@ -78,10 +95,12 @@ macro_rules! cpu_kernels {
                 rstd: Tensor<Self, 1>,
                 dy: Tensor<Self, 2>,
             ) -> (Tensor<Self, 2>, Tensor<Self, 1>, Tensor<Self, 1>) {
-                rows::layer_norm_rows_backward(x, gamma, mean, rstd, dy)
+                let dt = x.dtype();
+                narrow3(rows::layer_norm_rows_backward(widen(x), widen(gamma), widen(mean), widen(rstd), widen(dy)), dt)
             }
             fn matmul(a: Tensor<Self, 2>, b: Tensor<Self, 2>, b_transposed: bool) -> Tensor<Self, 2> {
-                matmul::matmul(a, b, b_transposed)
+                let dt = a.dtype();
+                narrow(matmul::matmul(widen(a), widen(b), b_transposed), dt)
             }
             fn matmul_backward(
                 a: Tensor<Self, 2>,
@@ -89,17 +108,20 @@ macro_rules! cpu_kernels {
                 dy: Tensor<Self, 2>,
                 b_transposed: bool,
             ) -> (Tensor<Self, 2>, Tensor<Self, 2>) {
-                matmul::matmul_backward(a, b, dy, b_transposed)
+                let dt = a.dtype();
+                narrow2(matmul::matmul_backward(widen(a), widen(b), widen(dy), b_transposed), dt)
             }
             fn linear_rows(x: Tensor<Self, 2>, w: Tensor<Self, 2>, bias: Tensor<Self, 1>) -> Tensor<Self, 2> {
-                matmul::linear(x, w, bias)
+                let dt = x.dtype();
+                narrow(matmul::linear(widen(x), widen(w), widen(bias)), dt)
             }
             fn linear_rows_backward(
                 x: Tensor<Self, 2>,
                 w: Tensor<Self, 2>,
                 dy: Tensor<Self, 2>,
             ) -> (Tensor<Self, 2>, Tensor<Self, 2>, Tensor<Self, 1>) {
-                matmul::linear_backward(x, w, dy)
+                let dt = x.dtype();
+                narrow3(matmul::linear_backward(widen(x), widen(w), widen(dy)), dt)
             }
             fn causal_attention(
                 q: Tensor<Self, 2>,
@@ -108,7 +130,8 @@ macro_rules! cpu_kernels {
                 batch: usize,
                 n_heads: usize,
             ) -> (Tensor<Self, 2>, Tensor<Self, 4>) {
-                attention::causal_attention(q, k, v, batch, n_heads)
+                let dt = q.dtype();
+                narrow2(attention::causal_attention(widen(q), widen(k), widen(v), batch, n_heads), dt)
             }
             fn causal_attention_backward(
                 q: Tensor<Self, 2>,
@@ -118,7 +141,18 @@ macro_rules! cpu_kernels {
                 dcontext: Tensor<Self, 2>,
                 n_heads: usize,
             ) -> (Tensor<Self, 2>, Tensor<Self, 2>, Tensor<Self, 2>) {
-                attention::causal_attention_backward(q, k, v, weights, dcontext, n_heads)
+                let dt = q.dtype();
+                narrow3(
+                    attention::causal_attention_backward(
+                        widen(q),
+                        widen(k),
+                        widen(v),
+                        widen(weights),
+                        widen(dcontext),
+                        n_heads,
+                    ),
+                    dt,
+                )
             }
             fn sum_squares<const D: usize>(x: Tensor<Self, D>) -> Tensor<Self, 1> {
                 rows::sum_squares(x)
@@ -135,6 +169,30 @@ macro_rules! cpu_kernels {
         }
     };
 }
+/// `x` in f32 (no-op if it is).
+fn widen<B: burn::tensor::backend::Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    x.cast(FloatDType::F32)
+}
+
+/// `x` rounded to `dtype`, the precision the kernel's inputs came in.
+fn narrow<B: burn::tensor::backend::Backend, const D: usize>(x: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
+    x.cast(FloatDType::from(dtype))
+}
+
+fn narrow2<B: burn::tensor::backend::Backend, const D1: usize, const D2: usize>(
+    (x, y): (Tensor<B, D1>, Tensor<B, D2>),
+    dtype: DType,
+) -> (Tensor<B, D1>, Tensor<B, D2>) {
+    (narrow(x, dtype), narrow(y, dtype))
+}
+
+fn narrow3<B: burn::tensor::backend::Backend, const D1: usize, const D2: usize, const D3: usize>(
+    (x, y, z): (Tensor<B, D1>, Tensor<B, D2>, Tensor<B, D3>),
+    dtype: DType,
+) -> (Tensor<B, D1>, Tensor<B, D2>, Tensor<B, D3>) {
+    (narrow(x, dtype), narrow(y, dtype), narrow(z, dtype))
+}
+
 cpu_kernels!(burn::backend::NdArray<f32>);
 #[cfg(feature = "flex")]
 cpu_kernels!(burn::backend::Flex);

@@ -11,7 +11,7 @@ use crate::lora::layer::{LoraAdapter, LoraConfig, LoraLinear, LoraTarget};
 impl<B: Backend> Gpt<B> {
     /// The wrapped layers of every block, in a fixed order (block by block,
     /// then q, k, v, out, fc, proj), with their target kind.
-    fn lora_layers_mut(&mut self) -> Vec<(LoraTarget, &mut LoraLinear<B>)> {
+    pub(crate) fn lora_layers_mut(&mut self) -> Vec<(LoraTarget, &mut LoraLinear<B>)> {
         let mut layers = Vec::new();
         for block in &mut self.blocks {
             let attention = &mut block.attention;
@@ -31,7 +31,7 @@ impl<B: Backend> Gpt<B> {
         let mut model = self.no_grad();
         for (target, layer) in model.lora_layers_mut() {
             if cfg.targets.contains(&target) {
-                let plain = std::mem::replace(layer, LoraLinear { base: layer.base.clone(), adapter: None });
+                let plain = std::mem::replace(layer, LoraLinear::new(layer.base.clone()));
                 *layer = plain.attach(cfg, device);
             }
         }
@@ -60,7 +60,7 @@ impl<B: Backend> Gpt<B> {
     /// Folds every adapter into its base weight: a plain model again.
     pub fn merge_lora(mut self) -> Self {
         for (_, layer) in self.lora_layers_mut() {
-            let wrapped = std::mem::replace(layer, LoraLinear { base: layer.base.clone(), adapter: None });
+            let wrapped = std::mem::replace(layer, LoraLinear::new(layer.base.clone()));
             *layer = wrapped.merge();
         }
         self

@@ -7,6 +7,8 @@ use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::tensor::{Distribution, Tensor};
 use kernels::Backend;
+
+use crate::precision::Precision;
 use serde::{Deserialize, Serialize};
 
 /// Which linear layers get an adapter.
@@ -92,10 +94,12 @@ impl<B: Backend> LoraAdapter<B> {
         }
     }
 
-    /// `[rows, d_in]` → `[rows, d_out]`: (alpha/rank)·x·A·B.
-    pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        let down = kernels::matmul(self.dropout.forward(x), self.a.val()); // [rows, d_in]·[d_in, r] → [rows, r]
-        kernels::matmul(down, self.b.val()) * self.scale // [rows, r]·[r, d_out] → [rows, d_out]
+    /// `[rows, d_in]` → `[rows, d_out]`: (alpha/rank)·x·A·B, the products
+    /// in `precision` (`x` already is; A and B are rounded copies).
+    pub fn forward(&self, x: Tensor<B, 2>, precision: Precision) -> Tensor<B, 2> {
+        let (a, b) = (precision.low(self.a.val()), precision.low(self.b.val()));
+        let down = kernels::matmul(self.dropout.forward(x), a); // [rows, d_in]·[d_in, r] → [rows, r]
+        kernels::matmul(down, b) * self.scale // [rows, r]·[r, d_out] → [rows, d_out]
     }
 
     /// ΔW = (alpha/rank)·A·B, `[d_in, d_out]`.
@@ -111,23 +115,29 @@ impl<B: Backend> LoraAdapter<B> {
 pub struct LoraLinear<B: Backend> {
     pub base: Linear<B>,
     pub adapter: Option<LoraAdapter<B>>,
+    /// The precision of the product (`ComputeConfig::precision`); not saved.
+    #[module(skip)]
+    pub(crate) precision: Precision,
 }
 
 impl<B: Backend> LoraLinear<B> {
     pub fn new(base: Linear<B>) -> Self {
-        Self { base, adapter: None }
+        Self { base, adapter: None, precision: Precision::F32 }
     }
 
-    /// `[rows, d_in]` → `[rows, d_out]`, one row per position.
+    /// `[rows, d_in]` → `[rows, d_out]`, one row per position, in the
+    /// layer's precision: input, weight and output (see `model::precision`).
     pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        let low = self.precision;
+        let x = low.low(x);
         // x·W + b as one kernel (see `kernels::linear`).
-        let weight = self.base.weight.val();
+        let weight = low.low(self.base.weight.val());
         let y = match &self.base.bias {
-            Some(bias) => kernels::linear(x.clone(), weight, bias.val()), // [rows, d_in]·[d_in, d_out] + [d_out]
-            None => kernels::matmul(x.clone(), weight),                   // [rows, d_in]·[d_in, d_out]
+            Some(bias) => kernels::linear(x.clone(), weight, low.low(bias.val())), // [rows, d_in]·[d_in, d_out] + [d_out]
+            None => kernels::matmul(x.clone(), weight),                            // [rows, d_in]·[d_in, d_out]
         };
         match &self.adapter {
-            Some(adapter) => y + adapter.forward(x), // [rows, d_out]
+            Some(adapter) => y + adapter.forward(x, low), // [rows, d_out]
             None => y,
         }
     }
@@ -141,7 +151,8 @@ impl<B: Backend> LoraLinear<B> {
             "this layer already has a LoRA adapter: merge it first, or use load_lora_adapters"
         );
         let [d_in, d_out] = self.base.weight.val().dims();
-        Self { base: self.base.no_grad(), adapter: Some(LoraAdapter::new(d_in, d_out, cfg, device)) }
+        let adapter = Some(LoraAdapter::new(d_in, d_out, cfg, device));
+        Self { base: self.base.no_grad(), adapter, precision: self.precision }
     }
 
     /// Folds the adapter into the base weight: W ← W + (alpha/rank)·A·B.
@@ -151,7 +162,7 @@ impl<B: Backend> LoraLinear<B> {
         let mut base = self.base;
         let merged = base.weight.val() + adapter.delta();
         base.weight = Param::from_tensor(merged);
-        Self { base, adapter: None }
+        Self { base, adapter: None, precision: self.precision }
     }
 }
 
