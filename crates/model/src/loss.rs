@@ -17,6 +17,7 @@ use crate::precision::full;
 /// before exponentiating, so large logits cannot overflow, and the backward
 /// pass is softmax(z) − onehot(y) in one sweep over the logits. The same
 /// value as `-log_softmax(logits)[y]` (tested).
+///
 /// Computed in f32 whatever precision the logits came in (see
 /// `model::precision`): the log-sum-exp over the vocabulary and the number
 /// training minimises are where rounding would hurt most.

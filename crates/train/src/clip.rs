@@ -84,12 +84,22 @@ impl<B: Backend> GradFn<B> for Scale {
 /// Returns the norm *before* clipping (the number worth logging).
 pub fn clip_grad_norm<B: AutodiffBackend, M: Module<B>>(model: &M, grads: &mut GradientsParams, max_norm: f64) -> f64 {
     let norm = global_grad_norm::<B, M>(model, grads);
+    clip_to_norm::<B, M>(model, grads, norm, max_norm);
+    norm
+}
+
+/// `clip_grad_norm` for gradients whose global norm is already known.
+pub fn clip_to_norm<B: AutodiffBackend, M: Module<B>>(
+    model: &M,
+    grads: &mut GradientsParams,
+    norm: f64,
+    max_norm: f64,
+) {
     // The 1e-6 avoids dividing by zero for an all-zero gradient.
     let scale = max_norm / (norm + 1e-6);
     if scale < 1.0 {
         scale_grads::<B, M>(model, grads, scale);
     }
-    norm
 }
 
 /// Clamps every gradient element into `[-max_value, max_value]`.

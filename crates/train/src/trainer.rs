@@ -24,7 +24,7 @@ use model::{Gpt, Precision};
 
 use crate::args::TrainArgs;
 use crate::checkpoint::{TrainerState, load_checkpoint, save_best, save_checkpoint};
-use crate::clip::{clip_grad_norm, clip_grad_value, global_grad_norm, scale_grads};
+use crate::clip::{clip_grad_value, clip_to_norm, global_grad_norm, scale_grads};
 use crate::diagnosis::Diagnosis;
 use crate::loss_scale::{LossScale, Verdict};
 use crate::metrics::{Event, MetricsLog};
@@ -205,23 +205,25 @@ pub fn train<B: AutodiffBackend, T: Task>(
 
         // 5. Unscale (fp16), clip, then step.
         let mut grads = accumulator.grads();
-        let mut verdict = Verdict::Step;
+        let (mut verdict, mut norm) = (Verdict::Step, None);
         if let Some(scaler) = &mut state.loss_scale {
             scale_grads(&model, &mut grads, 1.0 / scaler.scale);
             // Checked before clipping, which would hide an inf.
-            let finite = global_grad_norm(&model, &mut grads).is_finite();
-            verdict = scaler.after_backward(finite, args.loss_scale_growth_interval);
+            let n = global_grad_norm(&model, &mut grads);
+            verdict = scaler.after_backward(n.is_finite(), args.loss_scale_growth_interval);
+            norm = Some(n);
         }
-        let mut grad_norm = f64::INFINITY;
+        let mut grad_norm = None;
         if verdict == Verdict::Step {
             if let Some(v) = args.clip_value {
                 clip_grad_value(&model, &mut grads, v);
+                norm = None; // clamping changed it
             }
-            grad_norm = if args.clip_norm > 0.0 {
-                clip_grad_norm(&model, &mut grads, args.clip_norm)
-            } else {
-                global_grad_norm(&model, &mut grads)
-            };
+            let n = norm.unwrap_or_else(|| global_grad_norm(&model, &mut grads));
+            if args.clip_norm > 0.0 {
+                clip_to_norm(&model, &mut grads, n, args.clip_norm);
+            }
+            grad_norm = Some(n);
             model = optim.step(lr, model, grads);
         }
         // A skipped step still counts (its batches were used, the schedule moves on).
@@ -255,7 +257,6 @@ pub fn train<B: AutodiffBackend, T: Task>(
             let (sum, steps) = std::mem::take(&mut state.interval_loss);
             train_mean = sum / steps.max(1) as f64;
             let at = event("train", &state, epoch_of(&state), train_mean, lr, tokens_per_s(&state, step_secs));
-            let grad_norm = grad_norm.is_finite().then_some(grad_norm);
             log.log(Event { grad_norm, extra: to_map(&extra), ..at })?;
         }
         if state.step % eval_interval == 0 || last {

@@ -7,9 +7,9 @@ use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::tensor::{Distribution, Tensor};
 use kernels::Backend;
+use serde::{Deserialize, Serialize};
 
 use crate::precision::Precision;
-use serde::{Deserialize, Serialize};
 
 /// Which linear layers get an adapter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
