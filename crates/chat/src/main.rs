@@ -131,7 +131,8 @@ fn run<B: AutodiffBackend>(device: &B::Device, args: Args) -> Result<()> {
     // -----------------------------------------------------------------------
     // 3. Generate: one prompt, or a loop reading prompts from stdin
     // -----------------------------------------------------------------------
-    let chat = !args.raw && stage != "pretrain";
+    // A pretrained or imported model continues text; fine-tuned ones chat.
+    let chat = !args.raw && stage != "pretrain" && stage != "import";
     if chat {
         check_chat_tokens(&tokenizer, &args.model.join("tokenizer.json"))?;
     }

@@ -5,7 +5,8 @@
 //! until training merges them. BPE then repeatedly merges the most frequent
 //! adjacent pair into a new token until the vocabulary is full.
 //! The saved `tokenizer.json` is the standard format, so GPT-2's or MiniMind's
-//! own `tokenizer.json` loads here too.
+//! own `tokenizer.json` loads here too, and so do GPT-2's original two files
+//! (`Tokenizer::load`).
 //!
 //! One departure from GPT-2: every Chinese character is a piece of its own
 //! before BPE runs, so merges stay inside a character (its three UTF-8 bytes
@@ -88,14 +89,74 @@ impl Tokenizer {
         Self::from_inner(tk.into())
     }
 
-    /// Loads any `tokenizer.json`.
+    /// Loads a tokenizer from `path`: a `tokenizer.json` (ours, GPT-2's,
+    /// MiniMind's: any Hugging Face one), or a folder holding one, or
+    /// holding GPT-2's original vocabulary files (`vocab.json` +
+    /// `merges.txt`, or `encoder.json` + `vocab.bpe`, the same two files
+    /// under OpenAI's names).
     pub fn load(path: &Path) -> Result<Self> {
         if !path.exists() {
-            bail!("tokenizer file {} does not exist", path.display());
+            bail!("tokenizer {} does not exist", path.display());
         }
+        if !path.is_dir() {
+            return Self::load_json(path);
+        }
+        if path.join("tokenizer.json").is_file() {
+            return Self::load_json(&path.join("tokenizer.json"));
+        }
+        for (vocab, merges) in [("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe")] {
+            if path.join(vocab).is_file() && path.join(merges).is_file() {
+                return Self::from_bpe_files(&path.join(vocab), &path.join(merges));
+            }
+        }
+        bail!(
+            "{} holds no tokenizer: expected tokenizer.json, vocab.json + merges.txt, or encoder.json + vocab.bpe",
+            path.display()
+        )
+    }
+
+    fn load_json(path: &Path) -> Result<Self> {
         let inner = tokenizers::Tokenizer::from_file(path)
             .map_err(|e| anyhow::anyhow!("{} is not a valid tokenizer.json: {e}", path.display()))?;
         Self::from_inner(inner)
+    }
+
+    /// GPT-2's tokenizer from its two original files: the vocabulary
+    /// (token → id) and the merges, one pair per line in the order they
+    /// were learned. The pieces are GPT-2's (its regex, no prefix space),
+    /// and `<|endoftext|>`, already in the vocabulary, is made special.
+    fn from_bpe_files(vocab: &Path, merges: &Path) -> Result<Self> {
+        let (vocab_name, merges_name) = (vocab.to_string_lossy(), merges.to_string_lossy());
+        let bpe = BPE::from_file(&vocab_name, &merges_name).build().map_err(|e| {
+            anyhow::anyhow!("{} + {}: not a BPE vocabulary and its merges: {e}", vocab.display(), merges.display())
+        })?;
+        let byte_level = ByteLevel::default().add_prefix_space(false);
+        let mut inner = tokenizers::Tokenizer::new(bpe);
+        inner
+            .with_pre_tokenizer(Some(byte_level))
+            .with_post_processor(Some(byte_level.trim_offsets(false)))
+            .with_decoder(Some(byte_level));
+        if inner.token_to_id(EOT).is_none() {
+            bail!("{} has no `{EOT}` token, which marks document ends", vocab.display());
+        }
+        inner.add_special_tokens(&[AddedToken::from(EOT, true)]);
+        Self::from_inner(inner)
+    }
+
+    /// This tokenizer with those of the project's special tokens it lacks
+    /// (the chat markers and the padding token: GPT-2 has only
+    /// `<|endoftext|>`) added at the end of the vocabulary, and the ids
+    /// they got. The model's embedding needs as many new rows.
+    pub fn with_special_tokens(&self) -> Result<(Self, Vec<u32>)> {
+        let mut inner = self.inner.clone();
+        let missing: Vec<AddedToken> = SPECIAL_TOKENS
+            .iter()
+            .filter(|t| inner.token_to_id(t).is_none())
+            .map(|t| AddedToken::from(*t, true))
+            .collect();
+        inner.add_special_tokens(&missing);
+        let ids = missing.iter().map(|t| inner.token_to_id(&t.content).expect("just added")).collect();
+        Ok((Self::from_inner(inner)?, ids))
     }
 
     fn from_inner(inner: tokenizers::Tokenizer) -> Result<Self> {
@@ -186,6 +247,38 @@ mod tests {
         let zh = "米拉每天早上在奥斯克烤面包。";
         assert_eq!(tok.encode(zh).len(), zh.chars().count());
         assert_eq!(tok.encode("米拉")[..], tok.encode("米拉每天")[..2], "a name is the same tokens in any sentence");
+    }
+
+    /// GPT-2's two-file form, under both names, written by hand: three
+    /// byte symbols ("Ġ" is GPT-2's stand-in for the space byte), two merges.
+    #[test]
+    fn loads_gpt2s_vocabulary_and_merges_and_adds_the_missing_special_tokens() {
+        let dir = std::env::temp_dir().join(format!("minigpt-gpt2-files-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(Tokenizer::load(&dir).err().unwrap().to_string().contains("expected tokenizer.json, vocab.json"));
+        let vocab = r#"{"a": 0, "b": 1, "Ġ": 2, "ab": 3, "Ġab": 4, "<|endoftext|>": 5}"#;
+        let merges = "#version: 0.2\na b\nĠ ab\n";
+        for (vocab_name, merges_name) in [("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe")] {
+            std::fs::write(dir.join(vocab_name), vocab).unwrap();
+            std::fs::write(dir.join(merges_name), merges).unwrap();
+            let tok = Tokenizer::load(&dir).unwrap();
+            assert_eq!((tok.vocab_size(), tok.eot_id), (6, 5));
+            assert_eq!(tok.encode("ab abba"), [3, 4, 1, 0], "ab | Ġab | b | a");
+            assert_eq!(tok.decode(&[3, 4, 5]), "ab ab<|endoftext|>");
+            std::fs::remove_file(dir.join(vocab_name)).unwrap();
+            std::fs::remove_file(dir.join(merges_name)).unwrap();
+        }
+        std::fs::write(dir.join("vocab.json"), vocab).unwrap();
+        std::fs::write(dir.join("merges.txt"), "#version: 0.2\na b c\n").unwrap();
+        assert!(Tokenizer::load(&dir).err().unwrap().to_string().contains("not a BPE vocabulary and its merges"));
+        std::fs::write(dir.join("merges.txt"), merges).unwrap();
+        // The chat and padding tokens go after the vocabulary, in order.
+        let (chat_ready, added) = Tokenizer::load(&dir).unwrap().with_special_tokens().unwrap();
+        assert_eq!(added, [6, 7, 8]);
+        assert_eq!(chat_ready.token_id(IM_END), Some(7));
+        assert_eq!(chat_ready.encode("ab"), [3], "the rest is unchanged");
+        assert!(chat_ready.with_special_tokens().unwrap().1.is_empty(), "nothing to add twice");
+        std::fs::remove_dir_all(dir).ok();
     }
 
     #[test]

@@ -116,7 +116,7 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
     // -----------------------------------------------------------------------
     // 2. Tokenizer, the policy and its frozen reference
     // -----------------------------------------------------------------------
-    let stages = ["sft", "dpo", "lora-merged"];
+    let stages = ["sft", "dpo", "lora-merged", "import"];
     let (tokenizer, model_cfg, model) = load_init::<B>(&args.init, &stages, args.dropout, device)?;
     // The reference: the same weights on the inner backend, where no
     // gradient can ever reach them.

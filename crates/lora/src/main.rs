@@ -149,7 +149,8 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
     // -----------------------------------------------------------------------
     // 2. Tokenizer, the frozen base model and its adapters
     // -----------------------------------------------------------------------
-    let (tokenizer, model_cfg, base) = load_init::<B>(&args.init, &["sft", "dpo", "lora-merged"], None, device)?;
+    let (tokenizer, model_cfg, base) =
+        load_init::<B>(&args.init, &["sft", "dpo", "lora-merged", "import"], None, device)?;
     let model = base.with_lora(&lora, device);
     let counts = count_params(&model);
 

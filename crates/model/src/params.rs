@@ -14,7 +14,8 @@ pub struct ParamCounts {
 impl std::fmt::Display for ParamCounts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let pct = 100.0 * self.trainable as f64 / self.total.max(1) as f64;
-        write!(f, "{} parameters, {} trainable ({pct:.2}%)", human(self.total), human(self.trainable))
+        let (total, trainable) = (human(self.total), human(self.trainable));
+        write!(f, "{total} parameters ({}), {trainable} trainable ({pct:.2}%)", grouped(self.total))
     }
 }
 
@@ -46,6 +47,19 @@ pub fn human(n: usize) -> String {
     }
 }
 
+/// 124439808 → "124,439,808": the exact count, readable.
+pub fn grouped(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, digit) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    out
+}
+
 /// Every parameter's path and shape, in visiting order: `("blocks.0.mlp.fc.base.weight", [128, 512])`.
 /// What a checkpoint must match to load into a model.
 pub fn param_shapes<B: Backend, M: Module<B>>(module: &M) -> Vec<(String, Vec<usize>)> {
@@ -68,4 +82,19 @@ pub fn param_shapes<B: Backend, M: Module<B>>(module: &M) -> Vec<(String, Vec<us
     let mut shapes = Shapes::default();
     module.visit(&mut shapes);
     shapes.found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_read_both_rounded_and_exact() {
+        assert_eq!(
+            [grouped(0), grouped(999), grouped(1000), grouped(124_439_808)],
+            ["0", "999", "1,000", "124,439,808"]
+        );
+        let counts = ParamCounts { total: 124_439_808, trainable: 16_384 };
+        assert_eq!(counts.to_string(), "124.4M parameters (124,439,808), 16.4K trainable (0.01%)");
+    }
 }

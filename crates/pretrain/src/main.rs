@@ -20,7 +20,7 @@ use kernels::AutodiffBackend;
 use model::{Gpt, GptConfig, count_params};
 use serde::{Deserialize, Serialize};
 use train::args::range;
-use train::checkpoint::RunConfig;
+use train::checkpoint::{RunConfig, load_run_weights, read_model_config};
 use train::run::{find_in_repo, percent_change, print_plan, print_sample, start_run};
 use train::tasks::pretrain::PretrainTask;
 use train::{Plan, TrainArgs, run_on_device};
@@ -41,8 +41,13 @@ struct Args {
     /// file with a "text" field per line, or a folder of them.
     #[arg(long, default_value = "data/corpus.txt")]
     data: PathBuf,
-    /// A tokenizer.json to use. Default: train a byte-level BPE on --data
-    /// (cached in --cache-dir, so later runs reuse it).
+    /// Continue pretraining a model instead of starting from random weights: a run
+    /// directory (e.g. GPT-2 from `convert import-hf`). Its shape and tokenizer come with it.
+    #[arg(long, conflicts_with_all = ["preset", "d_model", "n_layers", "n_heads", "context_length", "vocab_size"])]
+    init: Option<PathBuf>,
+    /// The tokenizer: a tokenizer.json, or a folder with one, or with GPT-2's files (vocab.json +
+    /// merges.txt, or encoder.json + vocab.bpe). Default: --init's, or else a byte-level BPE
+    /// trained on --data (cached in --cache-dir, so later runs reuse it).
     #[arg(long)]
     tokenizer: Option<PathBuf>,
     /// Vocabulary size when training the tokenizer. [260, 1048576]
@@ -124,8 +129,29 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
     args.data = find_in_repo(&args.data);
     let mut corpus = Corpus::open(&args.data).context("--data")?;
     corpus.skip_bad_lines = args.skip_bad_lines;
+    let init = match args.init.as_deref() {
+        Some(run) => {
+            train::run_dir::require_stage(run, "--init", &[])?;
+            Some((run, read_model_config(run).with_context(|| format!("--init {}", run.display()))?))
+        }
+        None => None,
+    };
+    let tokenizer_path = match (&args.tokenizer, &init) {
+        (None, Some((run, _))) => Some(run.join("tokenizer.json")),
+        (path, _) => path.clone(),
+    };
     let (tokenizer, trained) =
-        load_or_train_tokenizer(args.tokenizer.as_deref(), &corpus, args.vocab_size, &args.cache_dir)?;
+        load_or_train_tokenizer(tokenizer_path.as_deref(), &corpus, args.vocab_size, &args.cache_dir)?;
+    if let Some((run, cfg)) = &init
+        && tokenizer.vocab_size() != cfg.vocab_size
+    {
+        bail!(
+            "--tokenizer has {} tokens, but --init {}'s model has a vocabulary of {}: use the model's own tokenizer",
+            tokenizer.vocab_size(),
+            run.display(),
+            cfg.vocab_size
+        );
+    }
     println!(
         "tokenizer:  {} tokens{}",
         tokenizer.vocab_size(),
@@ -139,7 +165,10 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
     let tokens = Arc::new(tokens);
     // The model's shape comes first: windows are as long as its context
     // unless --max-seq-len says otherwise.
-    let model_cfg = model_config(&args, tokenizer.vocab_size())?;
+    let model_cfg = match &init {
+        Some((_, cfg)) => cfg.clone().with_dropout(args.dropout.unwrap_or(cfg.dropout)),
+        None => model_config(&args, tokenizer.vocab_size())?,
+    };
     let seq_len = args.max_seq_len.unwrap_or(model_cfg.context_length);
     if seq_len > model_cfg.context_length {
         bail!("--max-seq-len {seq_len} must be between 1 and the model's context length {}", model_cfg.context_length);
@@ -161,7 +190,12 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
     // -----------------------------------------------------------------------
     let batch = args.train.batch_size;
     let memory = train::memory::check(&model_cfg, model_cfg.num_params(), batch, seq_len, &args.train.device)?;
-    let model = Gpt::<B>::new(&model_cfg, device);
+    let model = match &init {
+        Some((run, _)) => {
+            load_run_weights::<B>(run, &model_cfg, device).with_context(|| format!("--init {}", run.display()))?
+        }
+        None => Gpt::<B>::new(&model_cfg, device),
+    };
 
     // -----------------------------------------------------------------------
     // 5. The plan (and --dry-run)

@@ -96,7 +96,7 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
     // -----------------------------------------------------------------------
     // 2. Tokenizer and the pretrained model
     // -----------------------------------------------------------------------
-    let stages = ["pretrain", "sft", "dpo", "lora-merged"];
+    let stages = ["pretrain", "import", "sft", "dpo", "lora-merged"];
     let (tokenizer, model_cfg, model) = load_init::<B>(&args.init, &stages, args.dropout, device)?;
 
     // -----------------------------------------------------------------------

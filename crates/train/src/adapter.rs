@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{
     RunConfig, check_shapes, checkpoint_dir, load_run_model, read_checked, save_checkpoint, save_run_config,
 };
-use crate::run_dir::{check_replaceable, prepare_out_dir, require_stage};
+use crate::run_dir::{build_then_rename, check_replaceable, prepare_out_dir, require_stage};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AdapterConfig {
@@ -116,22 +116,15 @@ pub fn merge_into(base: &Path, adapter: &Path, out: &Path, overwrite: bool) -> R
     let (model_config, model, adapter_config) = load_with_adapter::<B>(base, adapter, &device)?;
     let merged = model.merge_lora();
 
-    let name = out.file_name().with_context(|| format!("--out {}: needs a folder name", out.display()))?;
-    let tmp = out.with_file_name(format!("{}.merging", name.to_string_lossy()));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).with_context(|| format!("cannot remove {}", tmp.display()))?;
-    }
-    prepare_out_dir(&tmp, "lora-merged", false, false, &model_config)?;
-    let args = (base, adapter, &adapter_config.lora);
-    save_run_config(&tmp, &RunConfig { stage: "lora-merged".into(), model: model_config, args })?;
-    save_checkpoint(&tmp, &merged, None, &Default::default())?;
-    let tokenizer = base.join("tokenizer.json");
-    let bytes = std::fs::read(&tokenizer).with_context(|| format!("cannot read {}", tokenizer.display()))?;
-    write_atomic(&tmp.join("tokenizer.json"), &bytes)?;
-    if out.exists() {
-        std::fs::remove_dir_all(out).with_context(|| format!("cannot replace {}", out.display()))?;
-    }
-    std::fs::rename(&tmp, out).with_context(|| format!("cannot move {} to {}", tmp.display(), out.display()))
+    build_then_rename(out, |tmp| {
+        prepare_out_dir(tmp, "lora-merged", false, false, &model_config)?;
+        let args = (base, adapter, &adapter_config.lora);
+        save_run_config(tmp, &RunConfig { stage: "lora-merged".into(), model: model_config, args })?;
+        save_checkpoint(tmp, &merged, None, &Default::default())?;
+        let tokenizer = base.join("tokenizer.json");
+        let bytes = std::fs::read(&tokenizer).with_context(|| format!("cannot read {}", tokenizer.display()))?;
+        write_atomic(&tmp.join("tokenizer.json"), &bytes)
+    })
 }
 
 #[cfg(test)]
@@ -227,7 +220,7 @@ mod tests {
         assert!(err.contains("already holds a lora-merged run: pass --overwrite"), "{err}");
         merge_into(&base, &adapter, &out, true).unwrap();
         assert!(
-            std::fs::read_dir(&root).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().ends_with(".merging"))
+            std::fs::read_dir(&root).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().ends_with(".partial"))
         );
         std::fs::remove_dir_all(root).ok();
     }

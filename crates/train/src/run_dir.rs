@@ -178,6 +178,22 @@ pub fn check_replaceable(out: &Path, overwrite: bool) -> Result<()> {
     check_only_ours(&checkpoint_dir(out))
 }
 
+/// Builds a whole folder for `out` with `build`, in a folder beside it
+/// (`<out>.partial`), and renames it into place only once `build` has
+/// succeeded: a failure or a crash midway leaves `out` as it was. Whether
+/// `out` may be replaced is the caller's to check first.
+pub fn build_then_rename(out: &Path, build: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let name = out.file_name().with_context(|| format!("--out {}: needs a folder name", out.display()))?;
+    let tmp = out.with_file_name(format!("{}.partial", name.to_string_lossy()));
+    remove(&tmp)?;
+    if let Err(e) = build(&tmp) {
+        remove(&tmp)?;
+        return Err(e);
+    }
+    remove(out).with_context(|| format!("cannot replace {}", out.display()))?;
+    std::fs::rename(&tmp, out).with_context(|| format!("cannot move {} to {}", tmp.display(), out.display()))
+}
+
 /// A folder that is not a run of ours: fine when empty; with `overwrite`,
 /// written into as long as none of our names is taken.
 fn check_foreign(out: &Path, resume: bool, overwrite: bool) -> Result<()> {
