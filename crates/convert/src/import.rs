@@ -84,7 +84,7 @@ pub fn read_hf_dir<B: Backend>(options: &ImportOptions, device: &B::Device) -> R
         bail!("{}: no model.safetensors ({why})", dir.display());
     }
     let tensors = safetensors_file::read(&weights_path)?;
-    let mut source = Source::new(&tensors, weights_path.display().to_string());
+    let mut source = Source::new(tensors, weights_path.display().to_string());
     let model = weights::import::<B>(&mut source, &config, device)?;
 
     let tokenizer_path = options.tokenizer.as_deref().unwrap_or(dir);

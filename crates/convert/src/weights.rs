@@ -34,17 +34,17 @@ use model::{Gpt, GptConfig};
 /// `transformer.` prefix): `name → (shape, values)`.
 pub type HostTensors = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
 
-/// Reads GPT-2's tensors, shape-checked, and says which it never read.
-pub struct Source<'a> {
-    tensors: &'a HostTensors,
+/// Hands out GPT-2's tensors, shape-checked, each once; what is left at
+/// the end was never asked for.
+pub struct Source {
+    tensors: HostTensors,
     /// The file, for errors.
     file: String,
-    taken: Vec<String>,
 }
 
-impl<'a> Source<'a> {
-    pub fn new(tensors: &'a HostTensors, file: String) -> Self {
-        Self { tensors, file, taken: Vec::new() }
+impl Source {
+    pub fn new(tensors: HostTensors, file: String) -> Self {
+        Self { tensors, file }
     }
 
     /// The tensor `name`, which must have `shape`, on `device`.
@@ -54,14 +54,14 @@ impl<'a> Source<'a> {
         shape: [usize; D],
         device: &B::Device,
     ) -> Result<Tensor<B, D>> {
-        let Some((found, values)) = self.tensors.get(name) else {
+        let Some((found, _)) = self.tensors.get(name) else {
             bail!("{}: tensor {name} {shape:?} is missing", self.file);
         };
         if found[..] != shape[..] {
             bail!("{}: tensor {name} is {found:?}, expected {shape:?} (from config.json)", self.file);
         }
-        self.taken.push(name.to_string());
-        Ok(Tensor::from_data(TensorData::new(values.clone(), shape), device))
+        let (_, values) = self.tensors.remove(name).expect("just found");
+        Ok(Tensor::from_data(TensorData::new(values, shape), device))
     }
 
     /// A weight as a parameter.
@@ -74,15 +74,14 @@ impl<'a> Source<'a> {
         Ok(Param::from_tensor(self.take(name, shape, device)?))
     }
 
-    /// The tensors never read, but for the masks GPT-2's files may carry
+    /// The tensors never taken, but for the masks GPT-2's files may carry
     /// (and, for a tied model, a copy of the embedding as `lm_head.weight`).
     fn unread(&self, tied: bool) -> Vec<&str> {
         let ignored = |n: &str| {
             let mask = n.ends_with(".attn.bias") || n.ends_with(".attn.masked_bias");
             mask || (tied && n == "lm_head.weight")
         };
-        let read = |n: &str| self.taken.iter().any(|t| t == n);
-        self.tensors.keys().map(String::as_str).filter(|n| !read(n) && !ignored(n)).collect()
+        self.tensors.keys().map(String::as_str).filter(|n| !ignored(n)).collect()
     }
 }
 
