@@ -12,19 +12,16 @@ use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::Parser;
 use data::Tokenizer;
-use data::chat::{Message, Role, check_chat_tokens, prompt_ids};
-use data::tokenizer::IM_END;
+use data::chat::{Message, Role, check_chat_tokens, fit_prompt};
+use data::tokenizer::{IM_END, TextStream};
 use data::util::SplitMix64;
 use kernels::{AutodiffBackend, Backend};
 use model::{GenerateOptions, Gpt, Sampling, generate};
-use train::adapter::load_with_adapter;
 use train::args::range;
-use train::checkpoint::load_run_model;
-use train::run::check_vocabulary;
-use train::run_dir::require_stage;
+use train::run::{LoadedRun, load_for_use};
 use train::run_on_device;
 
 // mimalloc, keeping freed memory for reuse (see `train::alloc`).
@@ -94,25 +91,8 @@ fn run<B: AutodiffBackend>(device: &B::Device, args: Args) -> Result<()> {
     // -----------------------------------------------------------------------
     // 2. Tokenizer and model (inference only: no autodiff)
     // -----------------------------------------------------------------------
-    let stage = require_stage(&args.model, "--model", &[])?;
-    if stage == "lora" {
-        bail!(
-            "--model {}: a LoRA run holds an adapter, not a model; chat with --model <its base run> --adapter {0}",
-            args.model.display()
-        );
-    }
-    let tokenizer_path = args.model.join("tokenizer.json");
-    let tokenizer = Tokenizer::load(&tokenizer_path).with_context(|| format!("--model {}", args.model.display()))?;
-    let (config, model) = match &args.adapter {
-        Some(adapter) => {
-            require_stage(adapter, "--adapter", &["lora"])?;
-            let (config, model, _) = load_with_adapter::<B::InnerBackend>(&args.model, adapter, device)?;
-            (config, model)
-        }
-        None => load_run_model::<B::InnerBackend>(&args.model, device)
-            .with_context(|| format!("--model {}", args.model.display()))?,
-    };
-    check_vocabulary(&tokenizer, &tokenizer_path, &config)?;
+    let loaded = load_for_use::<B::InnerBackend>(&args.model, "--model", args.adapter.as_deref(), device)?;
+    let LoadedRun { stage, tokenizer, config, model } = loaded;
     eprintln!(
         "loaded {} ({} layers, d_model {}, context {})",
         args.model.display(),
@@ -191,22 +171,11 @@ impl<B: Backend> Session<'_, B> {
             self.stream(&ids, tokenizer.eot_id)?;
             return Ok(());
         }
-        let history = &mut self.history;
-        history.push(Message::new(Role::User, input));
-        // The oldest turns go first when the conversation outgrows the context
-        // (the system prompt stays), leaving room for the answer.
-        let keep = usize::from(history.first().is_some_and(|m| m.role == Role::System));
+        self.history.push(Message::new(Role::User, input));
+        // The oldest turns go first when the conversation outgrows the
+        // context, leaving room for the answer.
         let room = model.context_length().saturating_sub(self.args.max_new_tokens.min(model.context_length() / 2));
-        let mut prompt = prompt_ids(tokenizer, history);
-        // Turns go in user/assistant pairs, so the history still starts with a
-        // user turn, as every training conversation did.
-        while prompt.len() > room && history.len() > keep + 2 {
-            history.drain(keep..keep + 2);
-            prompt = prompt_ids(tokenizer, history);
-        }
-        if prompt.len() > room {
-            prompt.drain(..prompt.len() - room); // a single over-long message: keep its end
-        }
+        let prompt = fit_prompt(tokenizer, &mut self.history, room);
         let im_end = tokenizer.token_id(IM_END).expect("checked at start");
         let answer = self.stream(&prompt, im_end)?;
         self.history.push(Message::new(Role::Assistant, answer));
@@ -217,8 +186,7 @@ impl<B: Backend> Session<'_, B> {
     fn stream(&mut self, prompt: &[u32], stop: u32) -> Result<String> {
         let (tokenizer, args) = (self.tokenizer, self.args);
         let mut stdout = std::io::stdout();
-        let mut generated: Vec<u32> = Vec::new();
-        let mut printed = 0; // bytes of the decoded continuation already shown
+        let mut text = TextStream::new(tokenizer);
         let started = Instant::now();
         let options = GenerateOptions {
             max_new_tokens: args.max_new_tokens,
@@ -231,22 +199,15 @@ impl<B: Backend> Session<'_, B> {
             if id == stop {
                 return true;
             }
-            generated.push(id);
-            // A Chinese character can span several byte-level tokens: decode the
-            // whole continuation and print only complete new characters.
-            let text = tokenizer.decode(&generated);
-            if !text.ends_with('\u{FFFD}') && text.len() > printed {
-                print!("{}", &text[printed..]);
-                stdout.flush().ok();
-                printed = text.len();
-            }
+            print!("{}", text.push(id));
+            stdout.flush().ok();
             true
         });
         let secs = started.elapsed().as_secs_f64();
         println!();
         let cache = if args.no_cache { ", no KV cache" } else { "" };
         eprintln!("[{} tokens in {secs:.2} s: {:.1} tokens/s{cache}]", ids.len(), ids.len() as f64 / secs);
-        Ok(tokenizer.decode(&generated))
+        Ok(text.text())
     }
 }
 

@@ -17,10 +17,8 @@ use data::tokenizer::{EOT, IM_END, IM_START, PAD};
 use data::util::write_atomic;
 use kernels::Cpu;
 use serde_json::{Value, json};
-use train::adapter::load_with_adapter;
-use train::checkpoint::load_run_model;
-use train::run::check_vocabulary;
-use train::run_dir::{build_then_rename, require_stage};
+use train::run::{LoadedRun, load_for_use};
+use train::run_dir::build_then_rename;
 
 use crate::hf_config::{self, SpecialIds};
 use crate::{safetensors_file, weights};
@@ -51,24 +49,12 @@ const CHAT_TEMPLATE: &str = "{% for message in messages %}{{ '<|im_start|>' + me
 /// Exports `options.run` (with its adapter merged, if given); returns the
 /// number of tensors written.
 pub fn export_hf(options: &ExportOptions) -> Result<usize> {
-    let run = &options.run;
-    let stage = require_stage(run, "the run", &[])?;
-    if stage == "lora" {
-        bail!("{}: a LoRA run holds an adapter, not a model; export its base with --adapter {0}", run.display());
-    }
     check_export_dir(&options.out, options.overwrite)?;
     let device = Default::default();
-    let tokenizer_path = run.join("tokenizer.json");
-    let tokenizer = Tokenizer::load(&tokenizer_path).with_context(|| format!("the run {}", run.display()))?;
-    let (config, model) = match &options.adapter {
-        Some(adapter) => {
-            require_stage(adapter, "--adapter", &["lora"])?;
-            let (config, model, _) = load_with_adapter::<Cpu>(run, adapter, &device)?;
-            (config, model.merge_lora())
-        }
-        None => load_run_model::<Cpu>(run, &device)?,
-    };
-    check_vocabulary(&tokenizer, &tokenizer_path, &config)?;
+    let loaded = load_for_use::<Cpu>(&options.run, "the run", options.adapter.as_deref(), &device)?;
+    let LoadedRun { stage, tokenizer, config, model } = loaded;
+    // With an adapter, the model is exported with it folded in.
+    let model = model.merge_lora();
     let chat = CHAT_STAGES.contains(&stage.as_str()) || options.adapter.is_some();
     let im_end = tokenizer.token_id(IM_END).filter(|_| chat);
     let ids = SpecialIds { eot: tokenizer.eot_id, im_end, pad: tokenizer.token_id(PAD) };

@@ -107,6 +107,24 @@ pub fn prompt_ids(tokenizer: &Tokenizer, messages: &[Message]) -> Vec<u32> {
     ids
 }
 
+/// The prompt answering `history` in at most `room` tokens. A conversation
+/// too long loses its oldest user/assistant exchanges first (a system
+/// prompt stays, and they go in pairs so that the history still starts with
+/// a user turn, as every training conversation did); a last message too
+/// long even alone keeps its end. `history` is left as trimmed.
+pub fn fit_prompt(tokenizer: &Tokenizer, history: &mut Vec<Message>, room: usize) -> Vec<u32> {
+    let keep = usize::from(history.first().is_some_and(|m| m.role == Role::System));
+    let mut prompt = prompt_ids(tokenizer, history);
+    while prompt.len() > room && history.len() > keep + 2 {
+        history.drain(keep..keep + 2);
+        prompt = prompt_ids(tokenizer, history);
+    }
+    if prompt.len() > room {
+        prompt.drain(..prompt.len() - room);
+    }
+    prompt
+}
+
 /// Checks a tokenizer has the chat tokens, naming what is missing.
 pub fn check_chat_tokens(tokenizer: &Tokenizer, path: &Path) -> Result<()> {
     for token in [IM_START, IM_END, PAD] {

@@ -210,6 +210,51 @@ impl Tokenizer {
     }
 }
 
+/// The text of a growing list of ids, handed out in whole characters as
+/// it grows: a Chinese character or an emoji can span several byte-level
+/// tokens, and the first of them alone decodes to U+FFFD. What `chat`
+/// prints and what the server streams.
+pub struct TextStream<'a> {
+    tokenizer: &'a Tokenizer,
+    ids: Vec<u32>,
+    /// Bytes of the decoded text already handed out.
+    shown: usize,
+}
+
+impl<'a> TextStream<'a> {
+    pub fn new(tokenizer: &'a Tokenizer) -> Self {
+        Self { tokenizer, ids: Vec::new(), shown: 0 }
+    }
+
+    /// Adds one id; returns the text it completes (often empty mid-character).
+    pub fn push(&mut self, id: u32) -> String {
+        self.ids.push(id);
+        // Decoding the whole list each time: the ids of one reply are few,
+        // and pieces decoded apart can differ from the whole.
+        let text = self.tokenizer.decode(&self.ids);
+        if text.ends_with('\u{FFFD}') || text.len() <= self.shown || !text.is_char_boundary(self.shown) {
+            return String::new();
+        }
+        let new = text[self.shown..].to_string();
+        self.shown = text.len();
+        new
+    }
+
+    /// Everything so far, including a character still incomplete.
+    pub fn text(&self) -> String {
+        self.tokenizer.decode(&self.ids)
+    }
+
+    /// Ids pushed so far.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -279,6 +324,18 @@ mod tests {
         assert_eq!(chat_ready.encode("ab"), [3], "the rest is unchanged");
         assert!(chat_ready.with_special_tokens().unwrap().1.is_empty(), "nothing to add twice");
         std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn a_text_stream_hands_out_whole_characters_only() {
+        let tok = Tokenizer::train(sample_docs().into_iter(), 300).unwrap();
+        let text = "Mira 米拉 🦓!";
+        let mut stream = TextStream::new(&tok);
+        let pieces: Vec<String> = tok.encode(text).into_iter().map(|id| stream.push(id)).collect();
+        assert_eq!(pieces.concat(), text);
+        assert!(pieces.iter().all(|p| !p.contains('\u{FFFD}')), "{pieces:?}");
+        assert!(pieces.iter().any(String::is_empty), "the emoji's first bytes wait for the rest: {pieces:?}");
+        assert_eq!(stream.text(), text);
     }
 
     #[test]

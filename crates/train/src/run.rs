@@ -109,6 +109,49 @@ pub fn load_init<B: Backend>(
     Ok((tokenizer, config, model))
 }
 
+/// A trained model ready for use (`chat`, `serve`, `convert export-hf`).
+pub struct LoadedRun<B: Backend> {
+    /// The stage that made the run.
+    pub stage: String,
+    pub tokenizer: Tokenizer,
+    pub config: GptConfig,
+    /// With the adapter on it, if one was given.
+    pub model: Gpt<B>,
+}
+
+/// Loads the run `run` (named `flag` in errors), with the LoRA run
+/// `adapter` on it if given, and its tokenizer, checked against its
+/// vocabulary. A LoRA run given as the model is refused, pointing at
+/// `--adapter`: it holds an adapter, not a model.
+pub fn load_for_use<B: Backend>(
+    run: &Path,
+    flag: &str,
+    adapter: Option<&Path>,
+    device: &B::Device,
+) -> Result<LoadedRun<B>> {
+    let stage = require_stage(run, flag, &[])?;
+    if stage == "lora" {
+        bail!(
+            "{flag} {}: a LoRA run holds an adapter, not a model; give its base run here and this one as --adapter",
+            run.display()
+        );
+    }
+    let tokenizer_path = run.join("tokenizer.json");
+    let tokenizer = Tokenizer::load(&tokenizer_path).with_context(|| format!("{flag} {}", run.display()))?;
+    let (config, model) = match adapter {
+        Some(adapter) => {
+            require_stage(adapter, "--adapter", &["lora"])?;
+            let (config, model, _) = crate::adapter::load_with_adapter::<B>(run, adapter, device)?;
+            (config, model)
+        }
+        None => {
+            crate::checkpoint::load_run_model::<B>(run, device).with_context(|| format!("{flag} {}", run.display()))?
+        }
+    };
+    check_vocabulary(&tokenizer, &tokenizer_path, &config)?;
+    Ok(LoadedRun { stage, tokenizer, config, model })
+}
+
 /// A tokenizer whose ids reach past the model's vocabulary would index
 /// outside its embedding table.
 pub fn check_vocabulary(tokenizer: &Tokenizer, tokenizer_path: &Path, config: &GptConfig) -> Result<()> {
