@@ -207,6 +207,7 @@ impl<B: Backend> Session<'_, B> {
         println!();
         let cache = if args.no_cache { ", no KV cache" } else { "" };
         eprintln!("[{} tokens in {secs:.2} s: {:.1} tokens/s{cache}]", ids.len(), ids.len() as f64 / secs);
+        print!("{}", text.finish());
         Ok(text.text())
     }
 }

@@ -240,6 +240,16 @@ impl<'a> TextStream<'a> {
         new
     }
 
+    /// The text not handed out yet, at the end of the reply: a character
+    /// still incomplete (or bytes that never become one) as U+FFFD, so that
+    /// everything pushed is handed out once.
+    pub fn finish(&mut self) -> String {
+        let text = self.tokenizer.decode(&self.ids);
+        let rest = text.get(self.shown..).unwrap_or_default().to_string();
+        self.shown = text.len();
+        rest
+    }
+
     /// Everything so far, including a character still incomplete.
     pub fn text(&self) -> String {
         self.tokenizer.decode(&self.ids)
@@ -336,6 +346,11 @@ mod tests {
         assert!(pieces.iter().all(|p| !p.contains('\u{FFFD}')), "{pieces:?}");
         assert!(pieces.iter().any(String::is_empty), "the emoji's first bytes wait for the rest: {pieces:?}");
         assert_eq!(stream.text(), text);
+        assert_eq!(stream.finish(), "", "nothing left over");
+        // A reply that ends inside a character hands its bytes out at the end.
+        let half = tok.encode("🦓")[0];
+        let mut stream = TextStream::new(&tok);
+        assert_eq!((stream.push(half), stream.finish()), (String::new(), "\u{FFFD}".to_string()));
     }
 
     #[test]

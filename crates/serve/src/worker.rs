@@ -102,8 +102,15 @@ fn run<B: Backend>(model: &Gpt<B>, tokenizer: &Tokenizer, job: Job, stats: &Stat
     if gone {
         return false;
     }
-    // The end of turn counts as a generated token, as it was one.
-    let rest = stop.finish();
+    // Bytes of a character the reply ended inside go out too (as U+FFFD),
+    // through the stop texts like the rest. The end of turn counts as a
+    // generated token, as it was one.
+    let (mut rest, stopped) = stop.feed(&text.finish());
+    if stopped {
+        finish = FinishReason::Stop;
+    } else {
+        rest.push_str(&stop.finish());
+    }
     (rest.is_empty() || job.reply.send(Piece::Text(rest)).is_ok())
         && job.reply.send(Piece::Done { finish, completion_tokens: ids.len() }).is_ok()
 }
