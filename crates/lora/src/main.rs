@@ -9,8 +9,10 @@
 //! cargo run --release -p lora -- merge --base runs/sft --adapter runs/lora --out runs/lora-merged
 //! ```
 //! Writes `runs/lora/`: adapter.json + adapter.mpk (the adapter alone),
-//! plus the usual checkpoint/ (for --resume), config.json, metrics.jsonl and
-//! loss curves. Evaluation events carry `task_accuracy` (the new skill) and
+//! plus checkpoint/ for --resume (the adapters and their optimizer state
+//! only: the frozen base is read from --init again, and must be the same
+//! weights), best/ (an adapter run of its own), config.json, metrics.jsonl
+//! and loss curves. Evaluation events carry `task_accuracy` (the new skill) and
 //! `answer_accuracy` (the SFT questions: what was retained).
 
 use std::path::PathBuf;
@@ -23,7 +25,7 @@ use kernels::AutodiffBackend;
 use model::count_params;
 use model::lora::{LoraConfig, LoraTarget};
 use serde::{Deserialize, Serialize};
-use train::adapter::{AdapterConfig, merge_into, save_adapter, weights_hash};
+use train::adapter::{AdapterConfig, check_resume_base, merge_into, save_adapter, save_adapter_config, weights_hash};
 use train::args::range;
 use train::checkpoint::{RunConfig, checkpoint_dir};
 use train::run::{find_in_repo, load_init, load_questions, percent_change, print_plan, start_run};
@@ -187,6 +189,9 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
         return Ok(());
     }
     let out = args.train.out.clone();
+    if args.train.resume {
+        check_resume_base(&out, &args.init)?;
+    }
     start_run(
         &out,
         args.train.resume,
@@ -194,6 +199,11 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
         &RunConfig { stage: "lora".into(), model: model_cfg.clone(), args: args.clone() },
         &tokenizer,
     )?;
+
+    // The checkpoints hold the adapters only; this says which base they go on.
+    let adapter =
+        AdapterConfig { lora, base: args.init.clone(), base_hash: weights_hash(&args.init)?, adapter_crc32: None };
+    save_adapter_config(&out, &adapter)?;
 
     // -----------------------------------------------------------------------
     // 5. Train (the shared loop; only adapter parameters have gradients)
@@ -218,8 +228,6 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
     // -----------------------------------------------------------------------
     // 6. Save the adapter alone, and summarise
     // -----------------------------------------------------------------------
-    let base_hash = weights_hash(&args.init)?;
-    let adapter = AdapterConfig { lora, base: args.init.clone(), base_hash, adapter_crc32: None };
     let adapter_bytes = save_adapter(&out, &outcome.model.valid(), &adapter)?;
     let base_bytes = std::fs::metadata(checkpoint_dir(&args.init).join("model.mpk"))?.len();
     println!(

@@ -46,42 +46,22 @@ pub fn weights_hash(run: &Path) -> Result<u64> {
     Ok(fnv1a(&bytes))
 }
 
-/// Writes `adapter.json` and `adapter.mpk`; returns the size of the weights file.
-pub fn save_adapter<B: Backend>(out: &Path, model: &Gpt<B>, config: &AdapterConfig) -> Result<u64> {
+/// The adapters of `model` (A and B of every adapted layer) as bytes.
+pub(crate) fn adapter_bytes<B: Backend>(model: &Gpt<B>) -> Result<Vec<u8>> {
     let recorder = NamedMpkBytesRecorder::<FullPrecisionSettings>::default();
-    let adapters = model.lora_adapters();
-    let bytes = Recorder::<B>::record(&recorder, adapters.into_record(), ())?;
-    write_atomic(&out.join("adapter.mpk"), &bytes)?;
-    let config = AdapterConfig { adapter_crc32: Some(crc32fast::hash(&bytes)), ..config.clone() };
-    write_atomic(&out.join("adapter.json"), serde_json::to_string_pretty(&config)?.as_bytes())?;
-    Ok(bytes.len() as u64)
+    Ok(Recorder::<B>::record(&recorder, model.lora_adapters().into_record(), ())?)
 }
 
-/// Loads the base model of `base` and puts the adapter in `adapter` on it.
-/// Refuses an adapter trained on other weights.
-pub fn load_with_adapter<B: Backend>(
-    base: &Path,
-    adapter: &Path,
+/// Puts adapters read from `bytes` (the file `path`) on `model`, which
+/// carries fresh adapters of the same config: their number and every
+/// shape must match.
+pub(crate) fn load_adapter_bytes<B: Backend>(
+    bytes: Vec<u8>,
+    path: &Path,
+    model: Gpt<B>,
     device: &B::Device,
-) -> Result<(GptConfig, Gpt<B>, AdapterConfig)> {
-    let json = adapter.join("adapter.json");
-    let text = std::fs::read_to_string(&json)
-        .with_context(|| format!("--adapter {}: no adapter.json here", adapter.display()))?;
-    let config: AdapterConfig =
-        serde_json::from_str(&text).with_context(|| format!("{} is not a valid adapter config", json.display()))?;
-    if weights_hash(base)? != config.base_hash {
-        bail!(
-            "the adapter in {} was trained on other base weights ({}), not those in {}: load it on the model it was trained from",
-            adapter.display(),
-            config.base.display(),
-            base.display()
-        );
-    }
-    let (model_config, model) = load_run_model::<B>(base, device)?;
-    let model = model.with_lora(&config.lora, device);
+) -> Result<Gpt<B>> {
     let recorder = NamedMpkBytesRecorder::<FullPrecisionSettings>::default();
-    let path = adapter.join("adapter.mpk");
-    let bytes = read_checked(&path, config.adapter_crc32)?;
     let record: Vec<_> =
         recorder.load(bytes, device).with_context(|| format!("{} is not an adapter file", path.display()))?;
     let fresh = model.lora_adapters();
@@ -95,8 +75,70 @@ pub fn load_with_adapter<B: Backend>(
     }
     let expected = param_shapes(&fresh);
     let adapters = fresh.load_record(record);
-    check_shapes(&path, &expected, &param_shapes(&adapters))?;
-    Ok((model_config, model.load_lora_adapters(adapters), config))
+    check_shapes(path, &expected, &param_shapes(&adapters))?;
+    Ok(model.load_lora_adapters(adapters))
+}
+
+/// Writes `adapter.json` alone: at the start of a LoRA run, so that its
+/// checkpoints (adapters only) say which base they go on.
+pub fn save_adapter_config(out: &Path, config: &AdapterConfig) -> Result<()> {
+    write_atomic(&out.join("adapter.json"), serde_json::to_string_pretty(config)?.as_bytes())
+}
+
+/// The `adapter.json` of the run `dir` (named `flag` in errors).
+fn read_adapter_config(dir: &Path, flag: &str) -> Result<AdapterConfig> {
+    let json = dir.join("adapter.json");
+    let text = std::fs::read_to_string(&json).with_context(|| {
+        format!("{flag} {}: no adapter.json here to say which base the adapter is for", dir.display())
+    })?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not a valid adapter config", json.display()))
+}
+
+/// `--resume` of a LoRA run: its checkpoint holds only the adapters, so the
+/// base comes from `--init` again, and must be the same weights.
+pub fn check_resume_base(out: &Path, init: &Path) -> Result<()> {
+    let config = read_adapter_config(out, "--resume")?;
+    if weights_hash(init)? != config.base_hash {
+        bail!(
+            "--resume: {} trains an adapter on the weights of {} as they were, but --init {} holds other weights now (their hash differs); resume with the same base",
+            out.display(),
+            config.base.display(),
+            init.display()
+        );
+    }
+    Ok(())
+}
+
+/// Writes `adapter.json` and `adapter.mpk`; returns the size of the weights file.
+pub fn save_adapter<B: Backend>(out: &Path, model: &Gpt<B>, config: &AdapterConfig) -> Result<u64> {
+    let bytes = adapter_bytes(model)?;
+    write_atomic(&out.join("adapter.mpk"), &bytes)?;
+    let config = AdapterConfig { adapter_crc32: Some(crc32fast::hash(&bytes)), ..config.clone() };
+    write_atomic(&out.join("adapter.json"), serde_json::to_string_pretty(&config)?.as_bytes())?;
+    Ok(bytes.len() as u64)
+}
+
+/// Loads the base model of `base` and puts the adapter in `adapter` on it.
+/// Refuses an adapter trained on other weights.
+pub fn load_with_adapter<B: Backend>(
+    base: &Path,
+    adapter: &Path,
+    device: &B::Device,
+) -> Result<(GptConfig, Gpt<B>, AdapterConfig)> {
+    let config = read_adapter_config(adapter, "--adapter")?;
+    if weights_hash(base)? != config.base_hash {
+        bail!(
+            "the adapter in {} was trained on other base weights ({}), not those in {}: load it on the model it was trained from",
+            adapter.display(),
+            config.base.display(),
+            base.display()
+        );
+    }
+    let (model_config, model) = load_run_model::<B>(base, device)?;
+    let model = model.with_lora(&config.lora, device);
+    let path = adapter.join("adapter.mpk");
+    let bytes = read_checked(&path, config.adapter_crc32)?;
+    Ok((model_config, load_adapter_bytes(bytes, &path, model, device)?, config))
 }
 
 /// `lora merge`: the base of `base` with the adapter of `adapter` folded in
@@ -222,6 +264,23 @@ mod tests {
         assert!(
             std::fs::read_dir(&root).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().ends_with(".partial"))
         );
+        std::fs::remove_dir_all(root).ok();
+    }
+
+    #[test]
+    fn a_lora_run_resumes_only_on_the_base_it_started_from() {
+        let root = std::env::temp_dir().join(format!("minigpt-adapter-resume-{}", std::process::id()));
+        let (cfg, _) = fixture(&root);
+        let (base, out) = (root.join("base"), root.join("adapter"));
+        let lora = LoraConfig { rank: 2, alpha: 4.0, dropout: 0.0, targets: vec![LoraTarget::Q] };
+        let config =
+            AdapterConfig { lora, base: base.clone(), base_hash: weights_hash(&base).unwrap(), adapter_crc32: None };
+        save_adapter_config(&out, &config).unwrap();
+        check_resume_base(&out, &base).unwrap();
+        // The base is retrained (other weights) under the same name.
+        save_run(&base, &Gpt::<Cpu>::new(&cfg, &Default::default()), &cfg);
+        let refused = check_resume_base(&out, &base).unwrap_err().to_string();
+        assert!(refused.contains("holds other weights now (their hash differs)"), "{refused}");
         std::fs::remove_dir_all(root).ok();
     }
 }

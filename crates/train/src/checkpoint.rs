@@ -61,6 +61,10 @@ struct StateFile {
     model_crc32: Option<u32>,
     #[serde(default)]
     optimizer_crc32: Option<u32>,
+    /// model.mpk holds only the LoRA adapters: the rest is the frozen base,
+    /// which `--resume` reads from `--init` again (see `adapter::check_resume_base`).
+    #[serde(default)]
+    adapters_only: bool,
 }
 
 fn recorder() -> NamedMpkBytesRecorder<FullPrecisionSettings> {
@@ -89,7 +93,10 @@ pub fn save_checkpoint<B: Backend>(
     let old = out.join("checkpoint.old");
     remove_dir(&tmp)?; // what a crash left half-written
     std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    let weights = model_bytes(model)?;
+    // A model with adapters trains only them: they are all a checkpoint
+    // needs (a small fraction of the model; its base never changes).
+    let adapters_only = model.has_lora();
+    let weights = if adapters_only { crate::adapter::adapter_bytes(model)? } else { model_bytes(model)? };
     write_atomic(&tmp.join("model.mpk"), &weights)?;
     if let Some(optimizer) = &optimizer {
         write_atomic(&tmp.join("optimizer.mpk"), optimizer)?;
@@ -98,6 +105,7 @@ pub fn save_checkpoint<B: Backend>(
         state: state.clone(),
         model_crc32: Some(crc32fast::hash(&weights)),
         optimizer_crc32: optimizer.as_deref().map(crc32fast::hash),
+        adapters_only,
     };
     write_atomic(&tmp.join("state.json"), serde_json::to_string_pretty(&file)?.as_bytes())?;
     if dir.exists() {
@@ -116,12 +124,16 @@ pub fn save_checkpoint<B: Backend>(
 pub fn save_best<B: Backend>(out: &Path, model: &Gpt<B>, state: &TrainerState) -> Result<()> {
     let best = out.join("best");
     std::fs::create_dir_all(&best).with_context(|| format!("cannot create {}", best.display()))?;
-    for name in [crate::run_dir::MARKER, "config.json", "tokenizer.json"] {
+    for name in [crate::run_dir::MARKER, "config.json", "tokenizer.json", "adapter.json"] {
         let from = out.join(name);
         if from.exists() {
             let bytes = std::fs::read(&from).with_context(|| format!("cannot read {}", from.display()))?;
             write_atomic(&best.join(name), &bytes)?;
         }
+    }
+    if model.has_lora() {
+        // An adapter run of its own: `--adapter <out>/best` on the same base.
+        write_atomic(&best.join("adapter.mpk"), &crate::adapter::adapter_bytes(model)?)?;
     }
     save_checkpoint(&best, model, None, state)
 }
@@ -188,7 +200,12 @@ pub fn load_checkpoint<B: Backend>(
     verify_checkpoint(out)?;
     let dir = existing_checkpoint(out).expect("verified above");
     let state = read_state(&dir)?;
-    let model = load_weights(&dir.join("model.mpk"), state.model_crc32, model, device)?;
+    let path = dir.join("model.mpk");
+    let model = match state.adapters_only {
+        // `model` is the base from --init with fresh adapters: these replace them.
+        true => crate::adapter::load_adapter_bytes(read_checked(&path, state.model_crc32)?, &path, model, device)?,
+        false => load_weights(&path, state.model_crc32, model, device)?,
+    };
     let optimizer = read_checked(&dir.join("optimizer.mpk"), state.optimizer_crc32)?;
     Ok((model, optimizer, state.state))
 }
@@ -270,6 +287,9 @@ pub fn load_run_weights<B: Backend>(run: &Path, config: &GptConfig, device: &B::
     config.validate().map_err(anyhow::Error::msg)?;
     let dir = existing_checkpoint(run).with_context(|| format!("{} holds no checkpoint/", run.display()))?;
     let state = read_state(&dir)?;
+    if state.adapters_only {
+        bail!("{} holds a LoRA adapter, not a model: use it as --adapter on its base run", run.display());
+    }
     load_weights(&dir.join("model.mpk"), state.model_crc32, Gpt::new(config, device), device)
 }
 

@@ -227,9 +227,10 @@ fn check_only_ours(dir: &Path) -> Result<()> {
 }
 
 /// `best/` (see `checkpoint::save_best`) holds a marker, the config, the
-/// tokenizer and checkpoint folders, and nothing else of ours.
+/// tokenizer, checkpoint folders and, for a LoRA run, the adapter; nothing
+/// else of ours.
 fn check_best_only_ours(best: &Path) -> Result<()> {
-    check_only(best, &[MARKER, "config.json", "tokenizer.json", "checkpoint"])?;
+    check_only(best, &[MARKER, "config.json", "tokenizer.json", "checkpoint", "adapter.json", "adapter.mpk"])?;
     ["checkpoint", "checkpoint.old"].iter().try_for_each(|dir| check_only_ours(&best.join(dir)))
 }
 

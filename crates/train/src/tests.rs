@@ -371,3 +371,52 @@ fn an_over_fitted_run_is_diagnosed_and_its_best_weights_are_kept() {
     let loaded = crate::checkpoint::load_run_weights::<kernels::Cpu>(&out.join("best"), &cfg, &Default::default());
     assert!(loaded.is_ok(), "{:?}", loaded.err());
 }
+
+/// A LoRA run's checkpoint holds the adapters alone (the base is frozen),
+/// and resuming from it, on the base rebuilt from scratch, equals the
+/// uninterrupted run; `best/` is an adapter of its own.
+#[test]
+fn a_lora_run_checkpoints_only_its_adapters_and_resumes_exactly() {
+    use model::lora::{LoraConfig, LoraTarget};
+    let device = Default::default();
+    let base = tiny_model();
+    let lora =
+        LoraConfig { rank: 2, alpha: 4.0, dropout: 0.0, targets: vec![LoraTarget::Q, LoraTarget::V, LoraTarget::Fc] };
+    let adapted = |seed: u64| {
+        // The same adapters' initial values in every run (A is random).
+        <CpuTrain as burn::tensor::backend::Backend>::seed(&device, seed);
+        base.clone().with_lora(&lora, &device)
+    };
+    let extra = ["--max-steps", "10", "--lr", "1e-2"];
+    let full_out = out_dir("lora-full");
+    let start = adapted(5);
+    let full =
+        train(start.clone(), &mut VecTask::new(40, 8, 16), &args(&full_out, &extra), &device, no_stop(), "t").unwrap();
+
+    let out = out_dir("lora-resume");
+    let stop = no_stop();
+    let mut task = VecTask::new(40, 8, 16);
+    task.stop_after = Some((6, stop.clone()));
+    assert!(train(start.clone(), &mut task, &args(&out, &extra), &device, stop, "t").unwrap().interrupted);
+    let checkpoint = std::fs::metadata(out.join("checkpoint/model.mpk")).unwrap().len();
+    let whole = crate::checkpoint::model_bytes(&base).unwrap().len() as u64;
+    assert!(checkpoint * 10 < whole, "the checkpoint is {checkpoint} bytes, the model {whole}");
+    let mut resume_args = args(&out, &extra);
+    resume_args.resume = true;
+    // Other adapter values to start from: the checkpoint must replace them.
+    let resumed = train(adapted(99), &mut VecTask::new(40, 8, 16), &resume_args, &device, no_stop(), "t").unwrap();
+
+    let (a, b) = (train_losses(&full.log.events), train_losses(&resumed.log.events));
+    assert_eq!(a.len(), 10);
+    for ((step, x), (_, y)) in a.iter().zip(&b) {
+        assert!((x - y).abs() < 1e-5, "step {step}: uninterrupted {x} vs resumed {y}");
+    }
+    let adapters = |m: &Gpt<CpuTrain>| m.lora_adapters().into_iter().map(|a| a.b.val().into_data()).collect::<Vec<_>>();
+    for (x, y) in adapters(&full.model).iter().zip(adapters(&resumed.model)) {
+        x.assert_approx_eq::<f32>(&y, Tolerance::absolute(1e-5));
+    }
+    assert!(out.join("best/adapter.mpk").exists(), "best/ is an adapter too");
+    let cfg = GptConfig::tiny(40).with_d_model(32).with_n_layers(2).with_context_length(16).with_dropout(0.0);
+    let refused = crate::checkpoint::load_run_weights::<kernels::Cpu>(&out, &cfg, &device).err().unwrap().to_string();
+    assert!(refused.contains("holds a LoRA adapter, not a model"), "{refused}");
+}

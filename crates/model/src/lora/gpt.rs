@@ -38,6 +38,14 @@ impl<B: Backend> Gpt<B> {
         model
     }
 
+    /// Whether any layer carries an adapter (then only the adapters train).
+    pub fn has_lora(&self) -> bool {
+        self.blocks.iter().any(|b| {
+            let (a, m) = (&b.attention, &b.mlp);
+            [&a.query, &a.key, &a.value, &a.out_proj, &m.fc, &m.proj].iter().any(|l| l.adapter.is_some())
+        })
+    }
+
     /// The adapters, in the fixed order of `lora_layers_mut`.
     pub fn lora_adapters(&self) -> Vec<LoraAdapter<B>> {
         let mut model = self.clone();
