@@ -11,6 +11,8 @@
 //!    (`prepare` → `Tracked`, keeping the state) or, when no input needs a
 //!    gradient, skip the bookkeeping (`UnTracked`).
 
+use std::sync::Arc;
+
 use burn::backend::Autodiff;
 use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::{base::Checkpointer, strategy::CheckpointStrategy};
@@ -20,6 +22,7 @@ use burn::tensor::ops::{FloatTensor, IntTensor};
 use burn::tensor::{Int, Tensor, TensorPrimitive};
 
 use crate::Backend;
+use crate::quant::QuantizedMatrix;
 
 impl<B: Backend, C: CheckpointStrategy> Backend for Autodiff<B, C> {
     fn softmax_rows(x: Tensor<Self, 2>) -> Tensor<Self, 2> {
@@ -141,6 +144,32 @@ impl<B: Backend, C: CheckpointStrategy> Backend for Autodiff<B, C> {
         let y = float(B::linear_rows(tensor(x.primitive.clone()), tensor(w.primitive.clone()), tensor(bias.primitive)));
         let out = match Linear.prepare::<C>([x.node, w.node, bias.node]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => prep.finish((x.primitive, w.primitive), y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        };
+        Tensor::from_primitive(TensorPrimitive::Float(out))
+    }
+
+    fn quantized_matmul(x: Tensor<Self, 2>, w: Arc<QuantizedMatrix>) -> Tensor<Self, 2> {
+        #[derive(Debug)]
+        struct QuantizedMatmul;
+
+        impl<B: Backend> Backward<B, 1> for QuantizedMatmul {
+            // The weight, still quantized: the backward dequantizes it again,
+            // piece by piece, rather than keep an f32 copy alive until then.
+            type State = Arc<QuantizedMatrix>;
+
+            fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let w = ops.state;
+                unary::<B, _>(ops.parents, ops.node, grads, |dy| {
+                    float(crate::quant::dequantized_product_t(tensor::<B, 2>(dy), &w)) // dx = dy·deq(w)ᵀ
+                });
+            }
+        }
+
+        let x = x.into_primitive().tensor();
+        let y = float(B::quantized_matmul(tensor(x.primitive.clone()), w.clone()));
+        let out = match QuantizedMatmul.prepare::<C>([x.node]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish(w, y),
             OpsKind::UnTracked(prep) => prep.finish(y),
         };
         Tensor::from_primitive(TensorPrimitive::Float(out))

@@ -49,9 +49,14 @@
 pub mod adamw;
 pub mod autodiff;
 pub mod cpu;
+pub mod quant;
 pub mod reference;
 
+use std::sync::Arc;
+
 use burn::tensor::{DType, Int, Tensor};
+
+use crate::quant::QuantizedMatrix;
 
 /// What the model and the optimizer ask of a backend: burn's `Backend`,
 /// plus the operations it runs as single fused steps. Every method has a
@@ -129,6 +134,12 @@ pub trait Backend: burn::tensor::backend::Backend {
         b_transposed: bool,
     ) -> (Tensor<Self, 2>, Tensor<Self, 2>) {
         reference::matmul_backward(a, b, dy, b_transposed)
+    }
+    /// `x [m, k] · deq(w) [k, n]` → `[m, n]` for a frozen quantized weight,
+    /// dequantized a few rows at a time (see `quant`); on autodiff, only
+    /// x's gradient flows back, computed the same way.
+    fn quantized_matmul(x: Tensor<Self, 2>, w: Arc<QuantizedMatrix>) -> Tensor<Self, 2> {
+        quant::dequantized_product(x, &w)
     }
     /// `x [m, k] · w [k, n] + bias [n]` → `[m, n]`, the bias added to every
     /// row: a linear layer.
@@ -242,6 +253,11 @@ pub fn matmul_bt<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 2> {
 pub fn linear<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>, bias: Tensor<B, 1>) -> Tensor<B, 2> {
     assert_same_dtype("linear", &[x.dtype(), w.dtype(), bias.dtype()]);
     B::linear_rows(x, w, bias)
+}
+
+/// `x [m, k] · deq(w) [k, n]` → `[m, n]`: a product with a frozen, quantized weight (QLoRA's base).
+pub fn quantized_matmul<B: Backend>(x: Tensor<B, 2>, w: &Arc<QuantizedMatrix>) -> Tensor<B, 2> {
+    B::quantized_matmul(x, w.clone())
 }
 
 /// Causal multi-head self-attention: `q, k, v [batch·seq, d_model]` →

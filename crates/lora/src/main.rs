@@ -7,6 +7,7 @@
 //! cargo run --release -p lora -- --help           # every flag
 //! cargo run --release -p chat -- --model runs/sft --adapter runs/lora
 //! cargo run --release -p lora -- merge --base runs/sft --adapter runs/lora --out runs/lora-merged
+//! cargo run --release -p lora -- --quantize nf4 --out runs/qlora   # QLoRA: a 4-bit base under the adapters
 //! ```
 //! Writes `runs/lora/`: adapter.json + adapter.mpk (the adapter alone),
 //! plus checkpoint/ for --resume (the adapters and their optimizer state
@@ -22,6 +23,7 @@ use burn::module::AutodiffModule;
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use data::sft::{SftDataset, pad_id};
 use kernels::AutodiffBackend;
+use kernels::quant::QuantFormat;
 use model::count_params;
 use model::lora::{LoraConfig, LoraTarget};
 use serde::{Deserialize, Serialize};
@@ -79,6 +81,10 @@ struct Args {
     /// Longest conversation in tokens (default: the model's context length); longer ones are cut.
     #[arg(long, value_parser = range::at_least_one)]
     max_seq_len: Option<usize>,
+    /// QLoRA: keep the frozen base's linear weights in 4-bit NormalFloat (`nf4`) or `int8`,
+    /// one scale per block of 64, dequantized a few rows at a time inside each product.
+    #[arg(long, value_parser = ["nf4", "int8"])]
+    quantize: Option<String>,
     /// Skip (and count) malformed lines instead of stopping at the first.
     #[arg(long)]
     skip_bad_lines: bool,
@@ -153,8 +159,17 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
     // -----------------------------------------------------------------------
     let (tokenizer, model_cfg, base) =
         load_init::<B>(&args.init, &["sft", "dpo", "lora-merged", "import"], None, device)?;
+    let format = args.quantize.as_deref().map(|f| f.parse::<QuantFormat>().map_err(anyhow::Error::msg)).transpose()?;
+    let base = match format {
+        Some(format) => base.quantize_base(format),
+        None => base,
+    };
+    let (stored, f32_bytes) = base.linear_weight_bytes();
     let model = base.with_lora(&lora, device);
+    // A quantized weight is not a parameter tensor any more; it still counts.
+    let quantized_params = if format.is_some() { f32_bytes / 4 } else { 0 };
     let counts = count_params(&model);
+    let counts = model::ParamCounts { total: counts.total + quantized_params, ..counts };
 
     // -----------------------------------------------------------------------
     // 3. Data: the new skill, plus the old skill's questions for retention
@@ -185,6 +200,12 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
         train::memory::check(&model_cfg, counts.trainable, args.train.batch_size, seq_len, &args.train.device)?
     );
     println!("adapter:    rank {}, alpha {}, on {:?} of each block", lora.rank, lora.alpha, args.targets);
+    println!(
+        "base:       linear weights {} KiB as stored{} ({} KiB in f32)",
+        stored / 1024,
+        format.map_or(String::new(), |f| format!(" in {f}")),
+        f32_bytes / 1024
+    );
     if args.train.dry_run {
         return Ok(());
     }
@@ -201,8 +222,9 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
     )?;
 
     // The checkpoints hold the adapters only; this says which base they go on.
-    let adapter =
-        AdapterConfig { lora, base: args.init.clone(), base_hash: weights_hash(&args.init)?, adapter_crc32: None };
+    let base_hash = weights_hash(&args.init)?;
+    let quantize = args.quantize.clone();
+    let adapter = AdapterConfig { lora, base: args.init.clone(), base_hash, adapter_crc32: None, quantize };
     save_adapter_config(&out, &adapter)?;
 
     // -----------------------------------------------------------------------

@@ -37,6 +37,21 @@ pub struct AdapterConfig {
     /// CRC-32 of adapter.mpk, checked before loading (None: written before checksums were).
     #[serde(default)]
     pub adapter_crc32: Option<u32>,
+    /// QLoRA: the format the base was quantized to while the adapter trained
+    /// ("nf4", "int8"); the base is quantized the same way wherever the
+    /// adapter is used, since that is the base it learnt to correct.
+    #[serde(default)]
+    pub quantize: Option<String>,
+}
+
+impl AdapterConfig {
+    /// The base's format while training, parsed.
+    pub fn quant_format(&self) -> Result<Option<kernels::quant::QuantFormat>> {
+        self.quantize
+            .as_deref()
+            .map(|f| f.parse().map_err(|e: String| anyhow::anyhow!("adapter.json: quantize: {e}")))
+            .transpose()
+    }
 }
 
 /// Hash of a run's weights file.
@@ -134,7 +149,10 @@ pub fn load_with_adapter<B: Backend>(
             base.display()
         );
     }
-    let (model_config, model) = load_run_model::<B>(base, device)?;
+    let (model_config, mut model) = load_run_model::<B>(base, device)?;
+    if let Some(format) = config.quant_format()? {
+        model = model.quantize_base(format);
+    }
     let model = model.with_lora(&config.lora, device);
     let path = adapter.join("adapter.mpk");
     let bytes = read_checked(&path, config.adapter_crc32)?;
@@ -203,7 +221,7 @@ mod tests {
         let adapter_dir = root.join("adapter");
         prepare_out_dir(&adapter_dir, "lora", false, false, &cfg).unwrap();
         let base_hash = weights_hash(&root.join("base")).unwrap();
-        let config = AdapterConfig { lora, base: root.join("base"), base_hash, adapter_crc32: None };
+        let config = AdapterConfig { lora, base: root.join("base"), base_hash, adapter_crc32: None, quantize: None };
         save_adapter(&adapter_dir, &tuned, &config).unwrap();
         (cfg, tuned)
     }
@@ -273,8 +291,8 @@ mod tests {
         let (cfg, _) = fixture(&root);
         let (base, out) = (root.join("base"), root.join("adapter"));
         let lora = LoraConfig { rank: 2, alpha: 4.0, dropout: 0.0, targets: vec![LoraTarget::Q] };
-        let config =
-            AdapterConfig { lora, base: base.clone(), base_hash: weights_hash(&base).unwrap(), adapter_crc32: None };
+        let base_hash = weights_hash(&base).unwrap();
+        let config = AdapterConfig { lora, base: base.clone(), base_hash, adapter_crc32: None, quantize: None };
         save_adapter_config(&out, &config).unwrap();
         check_resume_base(&out, &base).unwrap();
         // The base is retrained (other weights) under the same name.

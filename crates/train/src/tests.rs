@@ -420,3 +420,42 @@ fn a_lora_run_checkpoints_only_its_adapters_and_resumes_exactly() {
     let refused = crate::checkpoint::load_run_weights::<kernels::Cpu>(&out, &cfg, &device).err().unwrap().to_string();
     assert!(refused.contains("holds a LoRA adapter, not a model"), "{refused}");
 }
+
+/// QLoRA: on a base quantized to NF4, training changes the adapters and
+/// nothing else (the quantized codes and scales are the same after), and
+/// the loss falls.
+#[test]
+fn a_qlora_run_trains_only_its_adapters_and_leaves_the_quantized_base_as_it_was() {
+    use kernels::quant::QuantFormat;
+    use model::lora::{LoraConfig, LoraTarget};
+    let device = Default::default();
+    let lora =
+        LoraConfig { rank: 4, alpha: 8.0, dropout: 0.0, targets: vec![LoraTarget::Q, LoraTarget::V, LoraTarget::Fc] };
+    let start = tiny_model().quantize_base(QuantFormat::Nf4).with_lora(&lora, &device);
+    let (stored, f32_bytes) = start.linear_weight_bytes();
+    assert!(stored * 5 < f32_bytes, "NF4 keeps {stored} of {f32_bytes} bytes");
+    let quantized = |m: &Gpt<CpuTrain>| {
+        m.blocks
+            .iter()
+            .flat_map(|b| [b.attention.query.quantized.clone(), b.mlp.proj.quantized.clone()])
+            .collect::<Vec<_>>()
+    };
+    let out = out_dir("qlora");
+    let trained = train(
+        start.clone(),
+        &mut VecTask::new(40, 8, 16),
+        &args(&out, &["--max-steps", "20", "--lr", "1e-2"]),
+        &device,
+        no_stop(),
+        "t",
+    )
+    .unwrap();
+    assert!(quantized(&start).iter().all(Option::is_some));
+    assert_eq!(quantized(&trained.model), quantized(&start), "the quantized base is bit for bit the same");
+    let norm1 = |m: &Gpt<CpuTrain>| m.blocks[0].norm1.gamma.val().into_data();
+    norm1(&trained.model).assert_eq(&norm1(&start), true);
+    let b = |m: &Gpt<CpuTrain>| m.lora_adapters()[0].b.val().abs().sum().into_scalar();
+    assert!(b(&start) == 0.0 && b(&trained.model) > 0.0, "the adapters trained");
+    let val = trained.log.curve("val");
+    assert!(val.last().unwrap().1 < val.first().unwrap().1, "validation loss fell: {val:?}");
+}

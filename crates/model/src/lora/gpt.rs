@@ -4,6 +4,7 @@
 
 use burn::module::Module;
 use kernels::Backend;
+use kernels::quant::QuantFormat;
 
 use crate::gpt::Gpt;
 use crate::lora::layer::{LoraAdapter, LoraConfig, LoraLinear, LoraTarget};
@@ -63,6 +64,30 @@ impl<B: Backend> Gpt<B> {
         }
         assert!(adapters.next().is_none(), "more adapters than wrapped layers");
         self
+    }
+
+    /// QLoRA: every linear layer of every block keeps W in `format`
+    /// (4-bit NF4 or int8), its f32 copy dropped. Embeddings, LayerNorms,
+    /// biases and the adapters stay f32. Call before `with_lora`.
+    pub fn quantize_base(mut self, format: QuantFormat) -> Self {
+        for (_, layer) in self.lora_layers_mut() {
+            let plain = std::mem::replace(layer, LoraLinear::new(layer.base.clone()));
+            *layer = plain.quantize(format);
+        }
+        self
+    }
+
+    /// Bytes the blocks' linear weights take as stored, and as f32: what
+    /// quantizing saves.
+    pub fn linear_weight_bytes(&self) -> (usize, usize) {
+        let mut model = self.clone();
+        let (mut stored, mut f32_bytes) = (0, 0);
+        for (_, layer) in model.lora_layers_mut() {
+            let [d_in, d_out] = layer.dims();
+            f32_bytes += 4 * d_in * d_out;
+            stored += layer.quantized.as_ref().map_or(4 * d_in * d_out, |q| q.bytes());
+        }
+        (stored, f32_bytes)
     }
 
     /// Folds every adapter into its base weight: a plain model again.
@@ -157,5 +182,33 @@ mod tests {
         let fresh = start.valid().with_lora(&cfg(&[LoraTarget::Q, LoraTarget::V, LoraTarget::Out]), &device);
         let moved = fresh.load_lora_adapters(unmerged.lora_adapters());
         moved.forward(tokens(), None).into_data().assert_eq(&unmerged.forward(tokens(), None).into_data(), true);
+    }
+
+    /// A QLoRA model merges into an f32 model equal to it: the adapters
+    /// folded into the dequantized base (which is what they trained on).
+    #[test]
+    fn a_quantized_base_merges_into_the_f32_model_it_computes() {
+        let device = Default::default();
+        let targets = cfg(&[LoraTarget::Q, LoraTarget::Fc]);
+        let start = base();
+        let mut model = start.clone().quantize_base(QuantFormat::Nf4).with_lora(&targets, &device);
+        let mut optim = AdamWConfig::new().init();
+        for _ in 0..5 {
+            let loss = model.loss(tokens(), tokens());
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optim.step(1e-2, model, grads);
+        }
+        let unmerged: Gpt<Cpu> = model.valid();
+        let merged = unmerged.clone().merge_lora();
+        assert!(merged.blocks.iter().all(|b| b.attention.query.quantized.is_none() && b.mlp.proj.quantized.is_none()));
+        assert_eq!(merged.blocks[0].mlp.proj.weight.val().dims(), [128, 32], "f32 weights again");
+        unmerged
+            .forward(tokens(), None)
+            .into_data()
+            .assert_approx_eq::<f32>(&merged.forward(tokens(), None).into_data(), Tolerance::absolute(1e-4));
+        // The same adapters on the f32 base give another model: the rounding is real.
+        let on_f32 = start.valid().with_lora(&targets, &device).load_lora_adapters(unmerged.lora_adapters());
+        let diff = (on_f32.forward(tokens(), None) - merged.forward(tokens(), None)).abs().max().into_scalar();
+        assert!(diff > 1e-4, "{diff}");
     }
 }

@@ -2,11 +2,13 @@
 //! trainable low-rank update, y = x·W + b + (alpha/rank)·x·A·B.
 
 use std::str::FromStr;
+use std::sync::Arc;
 
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Linear};
-use burn::tensor::{Distribution, Tensor};
+use burn::tensor::{Distribution, Tensor, TensorData};
 use kernels::Backend;
+use kernels::quant::{QuantFormat, QuantizedMatrix};
 use serde::{Deserialize, Serialize};
 
 use crate::precision::Precision;
@@ -118,11 +120,25 @@ pub struct LoraLinear<B: Backend> {
     /// The precision of the product (`ComputeConfig::precision`); not saved.
     #[module(skip)]
     pub(crate) precision: Precision,
+    /// QLoRA: the frozen W in 4 or 8 bits (`Gpt::quantize_base`), in place
+    /// of `base.weight`, which then has no rows. Not saved: a QLoRA run's
+    /// checkpoint holds the adapters, and the base is quantized again from
+    /// `--init` (quantizing is deterministic).
+    #[module(skip)]
+    pub quantized: Option<Arc<QuantizedMatrix>>,
 }
 
 impl<B: Backend> LoraLinear<B> {
     pub fn new(base: Linear<B>) -> Self {
-        Self { base, adapter: None, precision: Precision::F32 }
+        Self { base, adapter: None, precision: Precision::F32, quantized: None }
+    }
+
+    /// `[d_in, d_out]` of W, stored in f32 or quantized.
+    pub fn dims(&self) -> [usize; 2] {
+        match &self.quantized {
+            Some(q) => [q.rows, q.cols],
+            None => self.base.weight.val().dims(),
+        }
     }
 
     /// `[rows, d_in]` → `[rows, d_out]`, one row per position, in the
@@ -130,11 +146,16 @@ impl<B: Backend> LoraLinear<B> {
     pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         let low = self.precision;
         let x = low.low(x);
-        // x·W + b as one kernel (see `kernels::linear`).
-        let weight = low.low(self.base.weight.val());
-        let y = match &self.base.bias {
-            Some(bias) => kernels::linear(x.clone(), weight, low.low(bias.val())), // [rows, d_in]·[d_in, d_out] + [d_out]
-            None => kernels::matmul(x.clone(), weight),                            // [rows, d_in]·[d_in, d_out]
+        let y = match (&self.quantized, &self.base.bias) {
+            // QLoRA: the product dequantizes W a few rows at a time (see `kernels::quant`).
+            (Some(q), Some(bias)) => kernels::quantized_matmul(x.clone(), q) + low.low(bias.val()).unsqueeze(),
+            (Some(q), None) => kernels::quantized_matmul(x.clone(), q),
+            // x·W + b as one kernel (see `kernels::linear`).
+            (None, Some(bias)) => {
+                let weight = low.low(self.base.weight.val());
+                kernels::linear(x.clone(), weight, low.low(bias.val())) // [rows, d_in]·[d_in, d_out] + [d_out]
+            }
+            (None, None) => kernels::matmul(x.clone(), low.low(self.base.weight.val())), // [rows, d_in]·[d_in, d_out]
         };
         match &self.adapter {
             Some(adapter) => y + adapter.forward(x, low), // [rows, d_out]
@@ -150,19 +171,46 @@ impl<B: Backend> LoraLinear<B> {
             self.adapter.is_none(),
             "this layer already has a LoRA adapter: merge it first, or use load_lora_adapters"
         );
-        let [d_in, d_out] = self.base.weight.val().dims();
+        let [d_in, d_out] = self.dims();
         let adapter = Some(LoraAdapter::new(d_in, d_out, cfg, device));
-        Self { base: self.base.no_grad(), adapter, precision: self.precision }
+        Self { base: self.base.no_grad(), adapter, ..self }
+    }
+
+    /// QLoRA's base: W stored in `format` (see `kernels::quant`), the f32
+    /// copy dropped. The bias stays f32 (it is small).
+    pub fn quantize(mut self, format: QuantFormat) -> Self {
+        if self.quantized.is_some() {
+            return self;
+        }
+        let weight = self.base.weight.val();
+        let [d_in, d_out] = weight.dims();
+        let values: Vec<f32> = weight.clone().into_data().convert::<f32>().to_vec().expect("f32 weights");
+        self.quantized = Some(Arc::new(QuantizedMatrix::quantize(&values, d_in, d_out, format)));
+        self.base.weight = Param::from_tensor(Tensor::zeros([0, d_out], &weight.device())).set_require_grad(false);
+        self
+    }
+
+    /// W in f32 again, as the quantized codes say (what a QLoRA adapter was trained on).
+    pub fn dequantize(mut self) -> Self {
+        if let Some(q) = self.quantized.take() {
+            let device = self.base.weight.val().device();
+            let weight = Tensor::from_data(TensorData::new(q.dequantize(), [q.rows, q.cols]), &device);
+            self.base.weight = Param::from_tensor(weight).set_require_grad(false);
+        }
+        self
     }
 
     /// Folds the adapter into the base weight: W ← W + (alpha/rank)·A·B.
     /// The result is a plain linear layer again.
+    /// A quantized W is dequantized first: the adapter learnt its
+    /// correction for the quantized weights, and the merge is f32.
     pub fn merge(self) -> Self {
-        let Some(adapter) = self.adapter else { return self };
-        let mut base = self.base;
+        let layer = self.dequantize();
+        let Some(adapter) = layer.adapter else { return layer };
+        let mut base = layer.base;
         let merged = base.weight.val() + adapter.delta();
         base.weight = Param::from_tensor(merged);
-        Self { base, adapter: None, precision: self.precision }
+        Self { base, adapter: None, precision: layer.precision, quantized: None }
     }
 }
 
