@@ -211,7 +211,7 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
     }
     let out = args.train.out.clone();
     if args.train.resume {
-        check_resume_base(&out, &args.init)?;
+        check_resume_base(&out, &args.init, args.quantize.as_deref())?;
     }
     start_run(
         &out,

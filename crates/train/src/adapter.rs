@@ -110,9 +110,19 @@ fn read_adapter_config(dir: &Path, flag: &str) -> Result<AdapterConfig> {
 }
 
 /// `--resume` of a LoRA run: its checkpoint holds only the adapters, so the
-/// base comes from `--init` again, and must be the same weights.
-pub fn check_resume_base(out: &Path, init: &Path) -> Result<()> {
+/// base comes from `--init` again, and must be the same weights, quantized
+/// the same way (`quantize`, as `--quantize` says now).
+pub fn check_resume_base(out: &Path, init: &Path, quantize: Option<&str>) -> Result<()> {
     let config = read_adapter_config(out, "--resume")?;
+    if config.quantize.as_deref() != quantize {
+        let named = |q: Option<&str>| q.map_or("no --quantize".to_string(), |q| format!("--quantize {q}"));
+        bail!(
+            "--resume: {} was started with {}, not {}: resume it as it started",
+            out.display(),
+            named(config.quantize.as_deref()),
+            named(quantize)
+        );
+    }
     if weights_hash(init)? != config.base_hash {
         bail!(
             "--resume: {} trains an adapter on the weights of {} as they were, but --init {} holds other weights now (their hash differs); resume with the same base",
@@ -294,10 +304,12 @@ mod tests {
         let base_hash = weights_hash(&base).unwrap();
         let config = AdapterConfig { lora, base: base.clone(), base_hash, adapter_crc32: None, quantize: None };
         save_adapter_config(&out, &config).unwrap();
-        check_resume_base(&out, &base).unwrap();
+        check_resume_base(&out, &base, None).unwrap();
+        let refused = check_resume_base(&out, &base, Some("nf4")).unwrap_err().to_string();
+        assert!(refused.contains("was started with no --quantize, not --quantize nf4"), "{refused}");
         // The base is retrained (other weights) under the same name.
         save_run(&base, &Gpt::<Cpu>::new(&cfg, &Default::default()), &cfg);
-        let refused = check_resume_base(&out, &base).unwrap_err().to_string();
+        let refused = check_resume_base(&out, &base, None).unwrap_err().to_string();
         assert!(refused.contains("holds other weights now (their hash differs)"), "{refused}");
         std::fs::remove_dir_all(root).ok();
     }
