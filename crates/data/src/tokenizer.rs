@@ -254,15 +254,6 @@ impl<'a> TextStream<'a> {
     pub fn text(&self) -> String {
         self.tokenizer.decode(&self.ids)
     }
-
-    /// Ids pushed so far.
-    pub fn len(&self) -> usize {
-        self.ids.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
-    }
 }
 
 #[cfg(test)]
