@@ -2,7 +2,7 @@
 //! directories (`stage: "import"`), which `chat --model`, `sft --init`,
 //! `lora --init` and `dpo --init` take like any other run.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use burn::module::Param;
@@ -62,6 +62,12 @@ pub struct HfModel<B: Backend> {
 /// both. Nothing is written.
 pub fn read_hf_dir<B: Backend>(options: &ImportOptions, device: &B::Device) -> Result<HfModel<B>> {
     let dir = &options.hf_dir;
+    if !dir.is_dir() {
+        bail!(
+            "{} is not a folder: download a GPT-2 one first (e.g. `huggingface-cli download openai-community/gpt2 --local-dir {0}`)",
+            dir.display()
+        );
+    }
     if dir.join(train::run_dir::MARKER).exists() {
         bail!("{} is already a run directory of this project: give it to --init or --model as it is", dir.display());
     }
@@ -148,12 +154,4 @@ fn add_token_rows<B: Backend>(mut config: GptConfig, mut model: Gpt<B>, ids: &[u
     }
     config.vocab_size = vocab;
     (config, model)
-}
-
-/// `convert import-hf` with no folder given points here for where to get one.
-pub fn missing_dir_hint(dir: &Path) -> String {
-    format!(
-        "{} does not exist: download a GPT-2 folder first (e.g. `huggingface-cli download openai-community/gpt2 --local-dir {0}`)",
-        dir.display()
-    )
 }

@@ -81,7 +81,6 @@ fn main() -> std::process::ExitCode {
 fn run(args: Args) -> Result<()> {
     match args.command {
         Command::ImportHf { dir, out, tokenizer, keep_vocabulary, overwrite } => {
-            anyhow::ensure!(dir.is_dir(), "{}", import::missing_dir_hint(&dir));
             let options = ImportOptions { hf_dir: dir, out, tokenizer, keep_vocabulary, overwrite };
             let imported = import_hf(&options)?;
             let config = &imported.config;
