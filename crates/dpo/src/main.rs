@@ -106,7 +106,7 @@ const DEFAULTS: &[(&str, &str)] = &[
 fn main() -> std::process::ExitCode {
     train::alloc::keep_freed_memory();
     let args: Args = train::args::parse_with_defaults(DEFAULTS);
-    train::run::exit_code(run_on_device!(&args.train.device, run(args.clone())))
+    train::run::exit_code(run_on_device!(args.train.first_device(), run(args.clone())))
 }
 
 fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
@@ -154,7 +154,7 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
     print_plan(counts, tokens(&train_set), tokens(&val_set), &plan, 2 * seq_len);
     // Each pair is two rows, chosen and rejected.
     let rows = 2 * args.train.batch_size;
-    println!("{}", train::memory::check(&model_cfg, counts.trainable, rows, seq_len, &args.train.device)?);
+    println!("{}", train::memory::check(&model_cfg, counts.trainable, rows, seq_len, args.train.first_device())?);
     println!(
         "method:     sigmoid DPO, β {}, label smoothing {}, RPO α {}; reference {}",
         args.beta,
@@ -198,6 +198,10 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
     let outcome = train::train(model, &mut task, &args.train, device, stop.flag(), "DPO")?;
     if outcome.interrupted {
         return Err(stop.interrupted().into());
+    }
+    if args.train.node_rank > 0 {
+        println!("done: node 0 writes the run and reports on it");
+        return Ok(());
     }
 
     // -----------------------------------------------------------------------

@@ -138,7 +138,7 @@ fn main() -> std::process::ExitCode {
     let args: Args = train::args::parse_with_defaults(DEFAULTS);
     train::run::exit_code(match &args.command {
         Some(Command::Merge(merge_args)) => merge(merge_args),
-        None => run_on_device!(&args.train.device, run(args.clone())),
+        None => run_on_device!(args.train.first_device(), run(args.clone())),
     })
 }
 
@@ -197,7 +197,7 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
     print_plan(counts, tokens(&train_set), tokens(&val_set), &plan, seq_len);
     println!(
         "{}",
-        train::memory::check(&model_cfg, counts.trainable, args.train.batch_size, seq_len, &args.train.device)?
+        train::memory::check(&model_cfg, counts.trainable, args.train.batch_size, seq_len, args.train.first_device())?
     );
     println!("adapter:    rank {}, alpha {}, on {:?} of each block", lora.rank, lora.alpha, args.targets);
     println!(
@@ -245,6 +245,10 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
     let outcome = train::train(model, &mut task, &args.train, device, stop.flag(), "LoRA")?;
     if outcome.interrupted {
         return Err(stop.interrupted().into());
+    }
+    if args.train.node_rank > 0 {
+        println!("done: node 0 writes the run and reports on it");
+        return Ok(());
     }
 
     // -----------------------------------------------------------------------

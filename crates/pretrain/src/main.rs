@@ -87,8 +87,8 @@ struct Args {
     #[arg(long)]
     skip_bad_lines: bool,
     /// Fact completions scored at each evaluation ("fact accuracy"): the held-out
-    /// towns' and people's facts, which only the pretraining text holds (empty: not scored).
-    #[arg(long, default_value = "data/facts_eval.jsonl")]
+    /// towns' and people's facts, which only the pretraining text holds (`--fact-eval=`: not scored).
+    #[arg(long, default_value = "data/facts_eval.jsonl", value_parser = range::path_or_nothing)]
     fact_eval: PathBuf,
     /// Where tokenizers and token files are cached between runs.
     #[arg(long, default_value = "runs/cache")]
@@ -116,7 +116,7 @@ const DEFAULTS: &[(&str, &str)] = &[
 fn main() -> std::process::ExitCode {
     train::alloc::keep_freed_memory();
     let args: Args = train::args::parse_with_defaults(DEFAULTS);
-    train::run::exit_code(run_on_device!(&args.train.device, run(args.clone())))
+    train::run::exit_code(run_on_device!(args.train.first_device(), run(args.clone())))
 }
 
 fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
@@ -189,7 +189,7 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
     // 4. Model (once it is known to fit)
     // -----------------------------------------------------------------------
     let batch = args.train.batch_size;
-    let memory = train::memory::check(&model_cfg, model_cfg.num_params(), batch, seq_len, &args.train.device)?;
+    let memory = train::memory::check(&model_cfg, model_cfg.num_params(), batch, seq_len, args.train.first_device())?;
     let model = match &init {
         Some((run, _)) => {
             load_run_weights::<B>(run, &model_cfg, device).with_context(|| format!("--init {}", run.display()))?
@@ -230,6 +230,10 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
     let outcome = train::train(model, &mut task, &args.train, device, stop.flag(), "pretraining")?;
     if outcome.interrupted {
         return Err(stop.interrupted().into());
+    }
+    if args.train.node_rank > 0 {
+        println!("done: node 0 writes the run and reports on it");
+        return Ok(());
     }
 
     // -----------------------------------------------------------------------

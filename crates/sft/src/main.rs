@@ -48,8 +48,8 @@ struct Args {
     #[arg(long, default_value = "data/sft_eval.jsonl")]
     eval_data: PathBuf,
     /// Trained facts asked in words the training file never uses: `paraphrase_accuracy`
-    /// (empty: not measured).
-    #[arg(long, default_value = "data/sft_paraphrase_eval.jsonl")]
+    /// (`--paraphrase-data=`: not measured).
+    #[arg(long, default_value = "data/sft_paraphrase_eval.jsonl", value_parser = range::path_or_nothing)]
     paraphrase_data: PathBuf,
     /// Longest conversation in tokens (default: the model's context length); longer ones are cut.
     #[arg(long, value_parser = range::at_least_one)]
@@ -86,7 +86,7 @@ const DEFAULTS: &[(&str, &str)] = &[
 fn main() -> std::process::ExitCode {
     train::alloc::keep_freed_memory();
     let args: Args = train::args::parse_with_defaults(DEFAULTS);
-    train::run::exit_code(run_on_device!(&args.train.device, run(args.clone())))
+    train::run::exit_code(run_on_device!(args.train.first_device(), run(args.clone())))
 }
 
 fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
@@ -137,7 +137,7 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
     print_plan(counts, train_tokens, val_tokens, &plan, seq_len);
     println!(
         "{}",
-        train::memory::check(&model_cfg, counts.trainable, args.train.batch_size, seq_len, &args.train.device)?
+        train::memory::check(&model_cfg, counts.trainable, args.train.batch_size, seq_len, args.train.first_device())?
     );
     println!(
         "accuracy:   scored on {} held-out questions and {} paraphrased ones (greedy reply must contain the answer)",
@@ -174,6 +174,10 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
     let outcome = train::train(model, &mut task, &args.train, device, stop.flag(), "supervised fine-tuning")?;
     if outcome.interrupted {
         return Err(stop.interrupted().into());
+    }
+    if args.train.node_rank > 0 {
+        println!("done: node 0 writes the run and reports on it");
+        return Ok(());
     }
 
     // -----------------------------------------------------------------------

@@ -22,6 +22,34 @@ pub struct TrainArgs {
     /// needs a build with `--features flex`), or `cuda` / `cuda:N` (needs `--features cuda`).
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Data parallelism: one worker per listed device, all of one kind (`cpu,cpu` to learn
+    /// and test on a CPU; `cuda:0,cuda:1,…`). Each worker gets --batch-size examples of every
+    /// step's batch; their gradients are averaged (notebook 03, §9). Replaces --device.
+    #[arg(long, value_delimiter = ',', conflicts_with = "device")]
+    #[serde(default)]
+    pub devices: Vec<String>,
+    /// Machines in a multi-machine run, each running this command with its own --node-rank
+    /// and the same --devices count. [≥ 1]
+    #[arg(long, default_value_t = 1, value_parser = range::at_least_one)]
+    #[serde(default = "one")]
+    pub nodes: usize,
+    /// This machine's place among --nodes: 0 hosts the coordinator and writes the run. [0, nodes)
+    #[arg(long, default_value_t = 0)]
+    #[serde(default)]
+    pub node_rank: usize,
+    /// host:port of the coordinator, on node 0 (every node gives the same one). Needed with --nodes > 1.
+    #[arg(long)]
+    #[serde(default)]
+    pub master_addr: Option<String>,
+    /// host:port at which the other nodes reach this one, to exchange gradients. Needed with --nodes > 1.
+    #[arg(long)]
+    #[serde(default)]
+    pub node_addr: Option<String>,
+    /// Seconds a worker waits for the others at a step before it stops the run, saying
+    /// which wait failed (a worker that died never answers). Covers evaluations and saves. [≥ 1]
+    #[arg(long, default_value_t = 300, value_parser = range::at_least_one)]
+    #[serde(default = "default_collective_timeout")]
+    pub collective_timeout: usize,
     /// Passes over the training data. One epoch = (examples / batch size / grad accum) optimizer steps. [≥ 1]
     #[arg(long, default_value_t = 1, value_parser = range::at_least_one)]
     pub epochs: usize,
@@ -139,11 +167,28 @@ impl TrainArgs {
     /// Checks what the flags' own ranges cannot: how they fit together.
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(self.min_lr <= self.lr, "--min-lr ({}) must not exceed --lr ({})", self.min_lr, self.lr);
-        crate::device::check_dtype(&self.device, self.dtype)
+        crate::data_parallel::Topology::from_args(self)?;
+        crate::device::check_dtype(self.first_device(), self.dtype)
+    }
+
+    /// The device that names the backend: --device, or the first of --devices.
+    pub fn first_device(&self) -> &str {
+        self.devices.first().unwrap_or(&self.device)
+    }
+
+    /// Workers in all: devices per node × nodes. Each takes --batch-size examples per micro-batch.
+    pub fn world_size(&self) -> usize {
+        self.devices.len().max(1) * self.nodes
     }
 }
 
 // Defaults for configs saved before these flags existed.
+fn one() -> usize {
+    1
+}
+fn default_collective_timeout() -> usize {
+    300
+}
 fn default_loss_scale() -> f64 {
     65536.0
 }
@@ -194,6 +239,12 @@ pub mod range {
     pub fn share(s: &str) -> Result<f64, String> {
         let x = finite(s)?;
         if x > 0.0 && x <= 1.0 { Ok(x) } else { Err(format!("must be in (0, 1], got {x}")) }
+    }
+
+    /// A file, or nothing (`--flag=`) to switch off what it feeds. clap's own
+    /// path parser refuses the empty value.
+    pub fn path_or_nothing(s: &str) -> Result<std::path::PathBuf, String> {
+        Ok(s.into())
     }
 
     /// A part of a whole, neither none nor all: (0, 1) (the validation split).

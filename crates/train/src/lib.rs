@@ -11,6 +11,7 @@ pub mod alloc;
 pub mod args;
 pub mod checkpoint;
 pub mod clip;
+pub mod data_parallel;
 pub mod device;
 pub mod diagnosis;
 pub mod divergence;

@@ -32,7 +32,8 @@ pub struct Event {
 
 pub struct MetricsLog {
     path: PathBuf,
-    file: File,
+    /// None: kept in memory only (the data-parallel workers that do not write).
+    file: Option<File>,
     pub events: Vec<Event>,
 }
 
@@ -62,7 +63,12 @@ impl MetricsLog {
             writeln!(file, "{}", serde_json::to_string(event)?)
                 .with_context(|| format!("cannot write {}", path.display()))?;
         }
-        Ok(Self { path, file, events })
+        Ok(Self { path, file: Some(file), events })
+    }
+
+    /// A log that writes nothing: the events are only kept here.
+    pub fn in_memory() -> Self {
+        Self { path: PathBuf::new(), file: None, events: Vec::new() }
     }
 
     pub fn path(&self) -> &Path {
@@ -71,10 +77,12 @@ impl MetricsLog {
 
     /// Appends one event (flushed at once: a crash loses nothing logged).
     pub fn log(&mut self, event: Event) -> Result<()> {
-        let line = serde_json::to_string(&event)?;
-        writeln!(self.file, "{line}")
-            .and_then(|_| self.file.flush())
-            .with_context(|| format!("cannot write {}", self.path.display()))?;
+        if let Some(file) = &mut self.file {
+            let line = serde_json::to_string(&event)?;
+            writeln!(file, "{line}")
+                .and_then(|_| file.flush())
+                .with_context(|| format!("cannot write {}", self.path.display()))?;
+        }
         self.events.push(event);
         Ok(())
     }

@@ -10,23 +10,30 @@ use crate::args::TrainArgs;
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Plan {
     pub examples: usize,
-    /// Micro-batches per epoch: ⌊examples / batch_size⌋ (drop_last).
+    /// Micro-batches per epoch: ⌊examples / (batch_size × workers)⌋ (drop_last).
     pub batches_per_epoch: usize,
     /// Optimizer steps per epoch: batches_per_epoch / grad_accum.
     pub steps_per_epoch: usize,
     pub total_steps: usize,
-    /// batch_size × grad_accum examples per optimizer step.
+    /// batch_size × grad_accum × workers examples per optimizer step.
     pub effective_batch: usize,
+    /// Data-parallel workers (1: one device).
+    pub workers: usize,
 }
 
 impl Plan {
     pub fn new(examples: usize, args: &TrainArgs) -> Result<Self> {
-        let batches_per_epoch = examples / args.batch_size;
+        // With data parallelism one micro-batch is every worker's share together.
+        let workers = args.world_size();
+        let batches_per_epoch = examples / (args.batch_size * workers);
         if batches_per_epoch == 0 {
-            bail!(
-                "--batch-size {} is larger than the {examples} training examples: use at most {examples}",
-                args.batch_size
-            );
+            let (batch, most) = (args.batch_size, examples / workers);
+            match workers {
+                1 => bail!("--batch-size {batch} is larger than the {examples} training examples: use at most {most}"),
+                _ => bail!(
+                    "--batch-size {batch} × {workers} workers is larger than the {examples} training examples: use at most {most}"
+                ),
+            }
         }
         if args.grad_accum > batches_per_epoch {
             bail!(
@@ -41,7 +48,8 @@ impl Plan {
             batches_per_epoch,
             steps_per_epoch,
             total_steps,
-            effective_batch: args.batch_size * args.grad_accum,
+            effective_batch: args.batch_size * args.grad_accum * workers,
+            workers,
         })
     }
 }

@@ -32,6 +32,10 @@ pub fn print_plan(
         plan.effective_batch,
         plan.effective_batch * tokens_per_example
     );
+    if plan.workers > 1 {
+        let per_worker = plan.effective_batch / plan.workers;
+        println!("workers:    {} data-parallel workers, {per_worker} examples each per step", plan.workers);
+    }
 }
 
 /// Generates a continuation of `prompt` (ids), printing it as it grows.

@@ -40,7 +40,7 @@ pub trait Task {
 
     /// Extra numbers measured at each evaluation (e.g. answer accuracy),
     /// logged beside the validation loss. None by default.
-    fn evaluate<B: Backend>(&mut self, _model: &Gpt<B>, _device: &B::Device) -> Vec<(String, f64)> {
+    fn evaluate<B: Backend>(&self, _model: &Gpt<B>, _device: &B::Device) -> Vec<(String, f64)> {
         Vec::new()
     }
 }

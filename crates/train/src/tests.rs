@@ -1,9 +1,8 @@
 //! Tests of the shared loop: accumulation, learning, resuming, logging.
 
-use std::cell::Cell;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::{GradientsAccumulator, GradientsParams};
@@ -26,7 +25,7 @@ struct VecTask {
     n_val: usize,
     /// Raise `stop` once this many training batches were drawn (to simulate Ctrl-C).
     stop_after: Option<(usize, Arc<AtomicBool>)>,
-    drawn: Cell<usize>,
+    drawn: AtomicUsize,
     /// Multiply the loss by this (NaN to test divergence handling)...
     loss_scale: f64,
     /// ...or by 1e6 from this many training batches on: a blow-up with finite losses.
@@ -34,6 +33,10 @@ struct VecTask {
     /// The gradient (not the loss) of this training batch 10⁶ times larger:
     /// an overflow for fp16's loss scaling to catch.
     grad_spike_at: Option<usize>,
+    /// Panic at this training batch (a worker that fails mid-run).
+    panic_at: Option<usize>,
+    /// Sleep this long at this training batch (a worker that stops answering).
+    stall_at: Option<(usize, std::time::Duration)>,
 }
 
 struct Batch {
@@ -53,10 +56,12 @@ impl VecTask {
             n_train,
             n_val,
             stop_after: None,
-            drawn: Cell::new(0),
+            drawn: AtomicUsize::new(0),
             loss_scale: 1.0,
             blow_up_after: None,
             grad_spike_at: None,
+            panic_at: None,
+            stall_at: None,
         }
     }
     /// Independent draws from a skewed distribution over 40 tokens: nothing
@@ -88,11 +93,19 @@ impl Task for VecTask {
         self.n_train
     }
     fn train_batch(&self, indices: &[usize]) -> Batch {
-        self.drawn.set(self.drawn.get() + 1);
+        let drawn = self.drawn.fetch_add(1, Ordering::SeqCst) + 1;
         if let Some((n, stop)) = &self.stop_after
-            && self.drawn.get() >= *n
+            && drawn >= *n
         {
             stop.store(true, Ordering::SeqCst);
+        }
+        if self.panic_at == Some(drawn) {
+            panic!("batch {drawn} is broken");
+        }
+        if let Some((n, pause)) = self.stall_at
+            && n == drawn
+        {
+            std::thread::sleep(pause);
         }
         self.rows(indices.iter().map(|i| i * self.seq))
     }
@@ -110,13 +123,15 @@ impl Task for VecTask {
         let inputs = int_tensor::<B>(&batch.inputs, batch.rows, self.seq, device);
         let targets = int_tensor::<B>(&batch.targets, batch.rows, self.seq, device);
         let scale = match self.blow_up_after {
-            Some(n) if self.drawn.get() > n => 1e6,
+            Some(n) if self.drawn.load(Ordering::SeqCst) > n => 1e6,
             _ => self.loss_scale,
         };
         let loss = model.loss(inputs, targets) * scale;
         match self.grad_spike_at {
             // Adds 10⁶·loss − 10⁶·loss: zero in value, 10⁶ in gradient.
-            Some(n) if self.drawn.get() == n => loss.clone() + (loss.clone() * 1e6 - (loss * 1e6).detach()),
+            Some(n) if self.drawn.load(Ordering::SeqCst) == n => {
+                loss.clone() + (loss.clone() * 1e6 - (loss * 1e6).detach())
+            }
             _ => loss,
         }
     }
@@ -179,6 +194,7 @@ fn flat_grads(model: &Gpt<CpuTrain>, grads: &GradientsParams) -> Vec<f32> {
     c.1
 }
 
+mod data_parallel;
 mod precision;
 
 #[test]

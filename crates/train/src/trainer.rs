@@ -4,8 +4,11 @@
 //! One optimizer step:
 //! ```text
 //! for each of grad_accum micro-batches:  forward → loss / grad_accum → backward → add gradients
+//! [data parallelism: average the gradients over all workers]
 //! clip gradients → lr = schedule(step) → optimizer step → log / evaluate / save
 //! ```
+//! With several workers (`--devices`, `--nodes`), each runs this loop on its
+//! own shard of every batch (`data_parallel/`); alone, those lines do nothing.
 //! At the end the run's curves are read (`diagnosis.rs`) and `report.md`
 //! says what they show.
 
@@ -25,6 +28,7 @@ use model::{Gpt, Precision};
 use crate::args::TrainArgs;
 use crate::checkpoint::{TrainerState, load_checkpoint, save_best, save_checkpoint};
 use crate::clip::{clip_grad_value, clip_to_norm, global_grad_norm, scale_grads};
+use crate::data_parallel::{Worker, launch};
 use crate::diagnosis::Diagnosis;
 use crate::loss_scale::{LossScale, Verdict};
 use crate::metrics::{Event, MetricsLog};
@@ -48,18 +52,43 @@ pub struct Outcome<B: AutodiffBackend> {
 /// Trains `model` on `task` as `args` say, writing everything to `args.out`.
 /// `stop` is raised by Ctrl-C or SIGTERM (`stop::stop_on_signals`): the loop
 /// then saves a checkpoint and returns. A diverging loss ends the run with
-/// an error, the last good checkpoint kept (see `divergence.rs`).
-pub fn train<B: AutodiffBackend, T: Task>(
-    mut model: Gpt<B>,
-    task: &mut T,
+/// an error, the last good checkpoint kept (see `divergence.rs`). With
+/// `--devices`/`--nodes`, one worker per device runs the loop below.
+pub fn train<B: AutodiffBackend, T: Task + Sync>(
+    model: Gpt<B>,
+    task: &T,
     args: &TrainArgs,
     device: &B::Device,
     stop: Arc<AtomicBool>,
     title: &str,
 ) -> Result<Outcome<B>> {
+    launch(args, model, device, stop.clone(), |worker, model, device| {
+        train_worker(worker, model, task, args, &device, stop.clone(), title)
+    })
+}
+
+/// The loop, as one worker runs it (the only one, unless data-parallel).
+fn train_worker<B: AutodiffBackend, T: Task>(
+    mut worker: Worker<B>,
+    mut model: Gpt<B>,
+    task: &T,
+    args: &TrainArgs,
+    device: &B::Device,
+    stop: Arc<AtomicBool>,
+    title: &str,
+) -> Result<Outcome<B>> {
+    // Worker 0 alone writes the run and prints; the others train in silence.
+    let writer = worker.writes();
+    let say = move |bar: &ProgressBar, line: String| {
+        if writer {
+            print_line(bar, line)
+        }
+    };
     // 1. The plan: how many steps, on what schedule.
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("--out {}: cannot create this folder", args.out.display()))?;
+    if writer {
+        std::fs::create_dir_all(&args.out)
+            .with_context(|| format!("--out {}: cannot create this folder", args.out.display()))?;
+    }
     let plan = Plan::new(task.train_len(), args)?;
     let schedule = LrSchedule {
         kind: args.schedule,
@@ -70,7 +99,9 @@ pub fn train<B: AutodiffBackend, T: Task>(
     };
     let eval_interval = args.eval_interval.unwrap_or(plan.total_steps.div_ceil(10)).max(1);
     // Training batches: shuffled every epoch, last partial batch dropped.
-    let mut sampler = BatchSampler::new(task.train_len(), args.batch_size, true, true, args.seed);
+    // Each is drawn for all workers together; each worker takes its shard.
+    let batch_for_all = args.batch_size * worker.world;
+    let mut sampler = BatchSampler::new(task.train_len(), batch_for_all, true, true, args.seed);
     let mut state = TrainerState::default();
 
     // 2. Resume: weights, optimizer moments, step and data position. The
@@ -84,6 +115,8 @@ pub fn train<B: AutodiffBackend, T: Task>(
         sampler.restore(saved.sampler);
         state = saved;
     }
+    // Data parallelism: every worker starts from worker 0's weights.
+    model = worker.same_start(model)?;
     // The products in --dtype; the weights and the optimizer stay f32.
     model = model.with_precision(args.dtype);
     match args.dtype {
@@ -95,17 +128,24 @@ pub fn train<B: AutodiffBackend, T: Task>(
     if let Some(bytes) = optim_bytes {
         optim = optim.load_bytes(bytes, device).context("the optimizer state does not match this model")?;
     }
-    let mut log = MetricsLog::open(&args.out, args.resume.then_some(state.step))?;
+    let mut log = match writer {
+        true => MetricsLog::open(&args.out, args.resume.then_some(state.step))?,
+        false => MetricsLog::in_memory(),
+    };
 
     // The same validation batches at every evaluation, so the numbers compare.
     if task.val_len() == 0 {
         bail!("the validation set holds no example: raise --val-ratio or lower --max-seq-len");
     }
-    let mut val_sampler = BatchSampler::new(task.val_len(), args.batch_size, false, false, 0);
+    // Drawn for all workers together too: each scores its shard of each batch.
+    let mut val_sampler = BatchSampler::new(task.val_len(), batch_for_all, false, false, 0);
     let n_val = args.eval_batches.min(val_sampler.batches_per_epoch());
     let val_batches: Vec<Vec<usize>> = (0..n_val).map(|_| val_sampler.next_batch().1).collect();
 
-    let bar = ProgressBar::new(plan.total_steps as u64).with_position(state.step as u64);
+    let bar = match writer {
+        true => ProgressBar::new(plan.total_steps as u64).with_position(state.step as u64),
+        false => ProgressBar::hidden(),
+    };
     bar.set_style(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps | {msg} | ETA {eta}")
             .expect("valid template"),
@@ -139,7 +179,7 @@ pub fn train<B: AutodiffBackend, T: Task>(
 
     // 3. Evaluate before any update, so the starting point is on record.
     if state.step == 0 {
-        let (loss, extra) = evaluate(&model, task, &val_batches, device);
+        let (loss, extra) = evaluate(&model, task, &val_batches, device, &mut worker)?;
         say(&bar, format!("step 0: val loss {loss:.4} (perplexity {:.1}){}", loss.exp(), fmt_extra(&extra)));
         log.log(Event { extra: to_map(&extra), ..event("val", &state, 0.0, loss, schedule.lr_at(0), 0.0) })?;
         state
@@ -147,13 +187,17 @@ pub fn train<B: AutodiffBackend, T: Task>(
             .validation(0, loss, args.divergence_factor)
             .map_err(|why| diverged(why, schedule.lr_at(0), None))?;
         // A fine-tuning run can make its starting model worse: that model is then the best.
-        save_best(&args.out, &model, &state)?;
+        if writer {
+            save_best(&args.out, &model, &state)?;
+        }
     }
 
     while state.step < plan.total_steps {
         // Dropout masks depend only on (seed, step): a resumed run draws the
         // same ones as an uninterrupted run would.
-        B::seed(device, args.seed.wrapping_add(state.step as u64).wrapping_mul(0x9e3779b97f4a7c15));
+        // Each worker draws its own (rank 0's are those of a run alone).
+        let dropout_seed = args.seed.wrapping_add(state.step as u64).wrapping_mul(0x9e3779b97f4a7c15);
+        B::seed(device, dropout_seed.wrapping_add(worker.rank as u64));
         let step_started = Instant::now();
 
         // 4. Forward and backward over grad_accum micro-batches.
@@ -163,7 +207,7 @@ pub fn train<B: AutodiffBackend, T: Task>(
         let log_now = (state.step + 1) % args.log_interval == 0 || state.step + 1 == plan.total_steps;
         for _ in 0..args.grad_accum {
             let (_, indices) = sampler.next_batch();
-            let batch = task.train_batch(&indices);
+            let batch = task.train_batch(&worker.shard(indices));
             step_tokens += task.tokens(&batch);
             let (loss, metrics) = task.loss_and_metrics(&model, &batch, device);
             // Dividing by grad_accum makes the summed gradients equal the
@@ -192,19 +236,41 @@ pub fn train<B: AutodiffBackend, T: Task>(
             }
         }
         let loss: f64 = step_loss.expect("grad_accum >= 1").into_scalar().elem();
+        // Data parallelism: the mean gradient over all workers' shards, and the
+        // step's loss, tokens, metrics and stop request from all of them.
+        let stats: Vec<f64> = [loss, step_tokens as f64, stop.load(Ordering::SeqCst) as u8 as f64]
+            .into_iter()
+            .chain(step_metrics.iter().map(|(_, v)| *v))
+            .collect();
+        let (mut grads, stats) = match worker.average(&model, accumulator.grads(), &stats) {
+            Ok(averaged) => averaged,
+            // Stopped while the others were out of reach (across machines,
+            // Ctrl-C also stops node 0's coordinator): the last whole step is kept.
+            Err(e) if stop.load(Ordering::SeqCst) => {
+                if writer {
+                    save_checkpoint(&args.out, &model, Some(optim.to_bytes()?), &state)?;
+                }
+                say(&bar, format!("interrupted ({e:#}): checkpoint saved at step {}", state.step));
+                interrupted = true;
+                break;
+            }
+            Err(e) => return Err(e),
+        };
+        let (loss, step_tokens) = (stats[0], (stats[1] * worker.world as f64).round() as usize);
+        let stop_requested = stats[2] > 0.0;
+        step_metrics.iter_mut().zip(&stats[3..]).for_each(|(metric, mean)| metric.1 = *mean);
         let lr = schedule.lr_at(state.step);
         // This loss judges the weights of the step before: sane, and they may
         // be saved (`state` still describes the end of that step).
         let mut watch = state.watch.clone();
         watch.train_step(state.step + 1, loss, args.divergence_factor).map_err(|why| diverged(why, lr, last_saved))?;
-        if save_pending {
+        if save_pending && writer {
             save_checkpoint(&args.out, &model, Some(optim.to_bytes()?), &state)?;
             (save_pending, last_saved) = (false, Some(state.step));
         }
         state.watch = watch;
 
         // 5. Unscale (fp16), clip, then step.
-        let mut grads = accumulator.grads();
         let (mut verdict, mut norm) = (Verdict::Step, None);
         if let Some(scaler) = &mut state.loss_scale {
             scale_grads(&model, &mut grads, 1.0 / scaler.scale);
@@ -234,7 +300,7 @@ pub fn train<B: AutodiffBackend, T: Task>(
         state.elapsed_s = elapsed();
         state.interval_loss = (state.interval_loss.0 + loss, state.interval_loss.1 + 1);
         let last = state.step == plan.total_steps;
-        interrupted = stop.load(Ordering::SeqCst) && !last;
+        interrupted = stop_requested && !last;
 
         // 6. Log, evaluate, save.
         bar.set_position(state.step as u64);
@@ -260,7 +326,7 @@ pub fn train<B: AutodiffBackend, T: Task>(
             log.log(Event { grad_norm, extra: to_map(&extra), ..at })?;
         }
         if state.step % eval_interval == 0 || last {
-            let (val_loss, extra) = evaluate(&model, task, &val_batches, device);
+            let (val_loss, extra) = evaluate(&model, task, &val_batches, device, &mut worker)?;
             // The training loss beside it: of the interval under way, or the last logged one.
             let (sum, steps) = state.interval_loss;
             let train_now = if steps > 0 { sum / steps as f64 } else { train_mean };
@@ -275,17 +341,21 @@ pub fn train<B: AutodiffBackend, T: Task>(
             );
             let at = event("val", &state, epoch_of(&state), val_loss, lr, tokens_per_s(&state, step_secs));
             log.log(Event { extra: to_map(&extra), ..at })?;
-            draw_loss_curves(&args.out, title, &log.curve("train"), &log.curve("val"), &log.share_curves())?;
+            if writer {
+                draw_loss_curves(&args.out, title, &log.curve("train"), &log.curve("val"), &log.share_curves())?;
+            }
             state
                 .watch
                 .validation(state.step, val_loss, args.divergence_factor)
                 .map_err(|why| diverged(why, lr, last_saved))?;
             // The watch keeps the best validation loss: a new one is `best/`'s.
-            if state.watch.best_val.is_some_and(|(_, step)| step == state.step) {
+            if writer && state.watch.best_val.is_some_and(|(_, step)| step == state.step) {
                 save_best(&args.out, &model, &state)?;
             }
         }
-        if last || interrupted {
+        if !writer {
+            // Nothing to save.
+        } else if last || interrupted {
             // No next step to wait for: the last weights were just validated;
             // interrupted ones are saved as they are, rather than lost.
             save_checkpoint(&args.out, &model, Some(optim.to_bytes()?), &state)?;
@@ -299,7 +369,7 @@ pub fn train<B: AutodiffBackend, T: Task>(
     }
     bar.finish_and_clear();
     let mut diagnosis = None;
-    if !interrupted {
+    if !interrupted && writer {
         let best = state.watch.best_val.map(|(loss, step)| (step, loss));
         diagnosis = write_report(&args.out, title, &log, best)?;
         match &diagnosis {
@@ -313,30 +383,40 @@ pub fn train<B: AutodiffBackend, T: Task>(
 
 /// Mean validation loss over the fixed batches, plus the task's own metrics.
 /// Runs on the inner (non-autodiff) backend: no graph is built and dropout
-/// is off, which is what "evaluation mode" means.
+/// is off, which is what "evaluation mode" means. With several workers, each
+/// scores its shard of every batch and worker 0 alone the task's metrics.
 pub fn evaluate<B: AutodiffBackend, T: Task>(
     model: &Gpt<B>,
-    task: &mut T,
+    task: &T,
     batches: &[Vec<usize>],
     device: &B::Device,
-) -> (f64, Vec<(String, f64)>) {
+    worker: &mut Worker<B>,
+) -> Result<(f64, Vec<(String, f64)>)> {
     let valid: Gpt<B::InnerBackend> = model.valid();
     // Each batch's mean is weighted by its size, so a short last batch
     // counts for what it holds.
-    let (mut total, mut examples) = (0.0, 0);
+    let (mut total, mut examples) = (0.0, 0.0);
     for indices in batches {
-        let batch = task.val_batch(indices);
+        let shard = worker.shard(indices.clone());
+        if shard.is_empty() {
+            continue;
+        }
+        let batch = task.val_batch(&shard);
         let loss: f64 = task.loss::<B::InnerBackend>(&valid, &batch, device).into_scalar().elem();
-        total += loss * indices.len() as f64;
-        examples += indices.len();
+        total += loss * shard.len() as f64;
+        examples += shard.len() as f64;
     }
-    let extra = task.evaluate::<B::InnerBackend>(&valid, device);
-    (total / examples.max(1) as f64, extra)
+    let sums = worker.sum(&[total, examples], device)?;
+    let extra = match worker.writes() {
+        true => task.evaluate::<B::InnerBackend>(&valid, device),
+        false => Vec::new(),
+    };
+    Ok((sums[0] / sums[1].max(1.0), extra))
 }
 
 /// Prints above the progress bar, or plainly when there is no terminal (the
 /// bar then hides itself, and would hide these lines with it).
-fn say(bar: &ProgressBar, line: String) {
+fn print_line(bar: &ProgressBar, line: String) {
     if bar.is_hidden() {
         println!("{line}");
     } else {

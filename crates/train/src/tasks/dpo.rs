@@ -162,7 +162,7 @@ impl<R: Backend> Task for DpoTask<R> {
         (out.loss, metrics)
     }
     /// Reward accuracy and margins on all held-out pairs, and SFT answer accuracy.
-    fn evaluate<B: Backend>(&mut self, model: &Gpt<B>, device: &B::Device) -> Vec<(String, f64)> {
+    fn evaluate<B: Backend>(&self, model: &Gpt<B>, device: &B::Device) -> Vec<(String, f64)> {
         let (mut chosen, mut rejected) = (Vec::new(), Vec::new());
         for start in (0..self.val.pairs.len()).step_by(16) {
             let indices: Vec<usize> = (start..(start + 16).min(self.val.pairs.len())).collect();

@@ -43,7 +43,7 @@ impl Task for PretrainTask {
         let targets = int_tensor::<B>(&batch.targets, batch.batch_size, batch.seq_len, device);
         model.loss(inputs, targets)
     }
-    fn evaluate<B: Backend>(&mut self, model: &Gpt<B>, _device: &B::Device) -> Vec<(String, f64)> {
+    fn evaluate<B: Backend>(&self, model: &Gpt<B>, _device: &B::Device) -> Vec<(String, f64)> {
         match self.facts.is_empty() {
             true => Vec::new(),
             false => vec![("fact_accuracy".into(), fact_accuracy(model, &self.tokenizer, &self.facts))],

@@ -66,7 +66,7 @@ impl Task for SftTask {
     fn loss<B: Backend>(&self, model: &Gpt<B>, batch: &SftBatch, device: &B::Device) -> Tensor<B, 1> {
         sft_loss(model, batch, device)
     }
-    fn evaluate<B: Backend>(&mut self, model: &Gpt<B>, _device: &B::Device) -> Vec<(String, f64)> {
+    fn evaluate<B: Backend>(&self, model: &Gpt<B>, _device: &B::Device) -> Vec<(String, f64)> {
         let (tokenizer, max) = (&self.tokenizer, self.max_answer_tokens);
         let mut out = Vec::new();
         if !self.task_questions.is_empty() {
