@@ -195,7 +195,7 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
         task.precompute_reference(args.train.batch_size);
     }
     let stop = train::stop::stop_on_signals();
-    let outcome = train::train(model, &mut task, &args.train, device, stop.flag(), "DPO")?;
+    let outcome = train::train(model, &task, &args.train, device, stop.flag(), "DPO")?;
     if outcome.interrupted {
         return Err(stop.interrupted().into());
     }

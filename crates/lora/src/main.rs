@@ -231,7 +231,7 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
     // 5. Train (the shared loop; only adapter parameters have gradients)
     // -----------------------------------------------------------------------
     let pad = pad_id(&tokenizer);
-    let mut task = SftTask {
+    let task = SftTask {
         train: train_set,
         val: val_set,
         questions,
@@ -242,7 +242,7 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
         max_answer_tokens: args.max_answer_tokens,
     };
     let stop = train::stop::stop_on_signals();
-    let outcome = train::train(model, &mut task, &args.train, device, stop.flag(), "LoRA")?;
+    let outcome = train::train(model, &task, &args.train, device, stop.flag(), "LoRA")?;
     if outcome.interrupted {
         return Err(stop.interrupted().into());
     }

@@ -225,9 +225,9 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
             data::facts::load_facts(&args.fact_eval).context("--fact-eval")?
         }
     };
-    let mut task = PretrainTask { train: train_set, val: val_set, facts, tokenizer: tokenizer.clone() };
+    let task = PretrainTask { train: train_set, val: val_set, facts, tokenizer: tokenizer.clone() };
     let stop = train::stop::stop_on_signals();
-    let outcome = train::train(model, &mut task, &args.train, device, stop.flag(), "pretraining")?;
+    let outcome = train::train(model, &task, &args.train, device, stop.flag(), "pretraining")?;
     if outcome.interrupted {
         return Err(stop.interrupted().into());
     }

@@ -160,7 +160,7 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
     // 5. Train
     // -----------------------------------------------------------------------
     let pad = pad_id(&tokenizer);
-    let mut task = SftTask {
+    let task = SftTask {
         train: train_set,
         val: val_set,
         questions,
@@ -171,7 +171,7 @@ fn run<B: AutodiffBackend>(device: &B::Device, mut args: Args) -> Result<()> {
         max_answer_tokens: args.max_answer_tokens,
     };
     let stop = train::stop::stop_on_signals();
-    let outcome = train::train(model, &mut task, &args.train, device, stop.flag(), "supervised fine-tuning")?;
+    let outcome = train::train(model, &task, &args.train, device, stop.flag(), "supervised fine-tuning")?;
     if outcome.interrupted {
         return Err(stop.interrupted().into());
     }

@@ -222,9 +222,9 @@ fn accumulated_micro_batches_equal_one_big_batch() {
 #[test]
 fn a_short_run_lowers_validation_loss_and_logs_both_splits() {
     let out = out_dir("learn");
-    let mut task = VecTask::new(64, 8, 16);
+    let task = VecTask::new(64, 8, 16);
     let args = args(&out, &["--epochs", "2", "--grad-accum", "2"]);
-    let outcome = train(tiny_model(), &mut task, &args, &Default::default(), no_stop(), "test").unwrap();
+    let outcome = train(tiny_model(), &task, &args, &Default::default(), no_stop(), "test").unwrap();
     let val = outcome.log.curve("val");
     assert_eq!(val[0].0, 0.0, "evaluated before the first step");
     assert_eq!(val.last().unwrap().0, 16.0, "2 epochs × 64/(4·2) steps");
@@ -251,20 +251,20 @@ fn resumed_training_equals_uninterrupted_training() {
     let full_out = out_dir("full");
     let extra = ["--max-steps", "12", "--grad-accum", "2"];
     let full =
-        train(model.clone(), &mut VecTask::new(40, 8, 16), &args(&full_out, &extra), &device, no_stop(), "t").unwrap();
+        train(model.clone(), &VecTask::new(40, 8, 16), &args(&full_out, &extra), &device, no_stop(), "t").unwrap();
 
     // Interrupted after step 5 (10 micro-batches: "Ctrl-C" during step 5)...
     let out = out_dir("resume");
     let stop = no_stop();
     let mut task = VecTask::new(40, 8, 16);
     task.stop_after = Some((10, stop.clone()));
-    let first = train(model.clone(), &mut task, &args(&out, &extra), &device, stop, "t").unwrap();
+    let first = train(model.clone(), &task, &args(&out, &extra), &device, stop, "t").unwrap();
     assert!(first.interrupted);
     // ...then resumed from the checkpoint, with a freshly initialised model
     // that the checkpoint must overwrite.
     let mut resume_args = args(&out, &extra);
     resume_args.resume = true;
-    let resumed = train(tiny_model(), &mut VecTask::new(40, 8, 16), &resume_args, &device, no_stop(), "t").unwrap();
+    let resumed = train(tiny_model(), &VecTask::new(40, 8, 16), &resume_args, &device, no_stop(), "t").unwrap();
 
     let (a, b) = (train_losses(&full.log.events), train_losses(&resumed.log.events));
     assert_eq!(a.len(), 12);
@@ -281,7 +281,7 @@ fn resume_without_a_checkpoint_is_a_clear_error() {
     let out = out_dir("nockpt");
     let mut a = args(&out, &[]);
     a.resume = true;
-    let err = train(tiny_model(), &mut VecTask::new(8, 2, 16), &a, &Default::default(), no_stop(), "t").err().unwrap();
+    let err = train(tiny_model(), &VecTask::new(8, 2, 16), &a, &Default::default(), no_stop(), "t").err().unwrap();
     assert!(err.to_string().contains("holds no checkpoint"), "{err}");
 }
 
@@ -290,7 +290,7 @@ fn a_diverging_loss_stops_the_run_with_advice() {
     let out = out_dir("nan");
     let mut task = VecTask::new(8, 2, 16);
     task.loss_scale = f64::NAN;
-    let err = train(tiny_model(), &mut task, &args(&out, &[]), &Default::default(), no_stop(), "t").err().unwrap();
+    let err = train(tiny_model(), &task, &args(&out, &[]), &Default::default(), no_stop(), "t").err().unwrap();
     let err = err.to_string();
     assert!(
         err.contains("training diverged: the validation loss became NaN at step 0") && err.contains("--lr"),
@@ -307,7 +307,7 @@ fn a_finite_blow_up_keeps_the_last_good_checkpoint() {
     let mut task = VecTask::new(40, 8, 16);
     task.blow_up_after = Some(6); // the loss of step 7 is a million times too large
     let flags = ["--save-interval", "1", "--eval-interval", "100", "--max-steps", "20"];
-    let err = train(tiny_model(), &mut task, &args(&out, &flags), &Default::default(), no_stop(), "t").err().unwrap();
+    let err = train(tiny_model(), &task, &args(&out, &flags), &Default::default(), no_stop(), "t").err().unwrap();
     let err = err.to_string();
     assert!(err.contains("rose to") && err.contains("at step 7"), "{err}");
     // Step 6's save was due during step 7, whose loss judged its weights: not written.
@@ -339,7 +339,7 @@ fn the_logged_training_loss_is_the_mean_of_its_interval() {
     let run = |name: &str, every: &str| {
         let out = out_dir(name);
         let a = args(&out, &["--max-steps", "10", "--log-interval", every]);
-        let outcome = train(model.clone(), &mut VecTask::new(40, 8, 16), &a, &device, no_stop(), "t").unwrap();
+        let outcome = train(model.clone(), &VecTask::new(40, 8, 16), &a, &device, no_stop(), "t").unwrap();
         train_losses(&outcome.log.events)
     };
     let (each, fives) = (run("log1", "1"), run("log5", "5"));
@@ -356,7 +356,7 @@ fn the_logged_training_loss_is_the_mean_of_its_interval() {
 fn a_run_evaluates_about_ten_times_by_default() {
     let out = out_dir("evals");
     let a = TrainArgs::from_flags(&["--out", out.to_str().unwrap(), "--batch-size", "4", "--max-steps", "30"]);
-    let outcome = train(tiny_model(), &mut VecTask::new(40, 8, 16), &a, &Default::default(), no_stop(), "t").unwrap();
+    let outcome = train(tiny_model(), &VecTask::new(40, 8, 16), &a, &Default::default(), no_stop(), "t").unwrap();
     let steps: Vec<f64> = outcome.log.curve("val").iter().map(|p| p.0).collect();
     assert_eq!(steps, (0..=10).map(|i| 3.0 * i as f64).collect::<Vec<_>>());
 }
@@ -367,9 +367,9 @@ fn a_run_evaluates_about_ten_times_by_default() {
 #[test]
 fn an_over_fitted_run_is_diagnosed_and_its_best_weights_are_kept() {
     let out = out_dir("overfit");
-    let mut task = VecTask::noise(8, 8, 16);
+    let task = VecTask::noise(8, 8, 16);
     let a = args(&out, &["--epochs", "40", "--lr", "1e-2", "--eval-interval", "4", "--log-interval", "2"]);
-    let outcome = train(tiny_model(), &mut task, &a, &Default::default(), no_stop(), "t").unwrap();
+    let outcome = train(tiny_model(), &task, &a, &Default::default(), no_stop(), "t").unwrap();
     let d = outcome.diagnosis.expect("enough evaluations");
     let crate::diagnosis::Verdict::OverFitting { best_step } = d.verdict else {
         panic!("expected over-fitting, got {d:?}; val {:?}", outcome.log.curve("val"))
@@ -407,20 +407,20 @@ fn a_lora_run_checkpoints_only_its_adapters_and_resumes_exactly() {
     let full_out = out_dir("lora-full");
     let start = adapted(5);
     let full =
-        train(start.clone(), &mut VecTask::new(40, 8, 16), &args(&full_out, &extra), &device, no_stop(), "t").unwrap();
+        train(start.clone(), &VecTask::new(40, 8, 16), &args(&full_out, &extra), &device, no_stop(), "t").unwrap();
 
     let out = out_dir("lora-resume");
     let stop = no_stop();
     let mut task = VecTask::new(40, 8, 16);
     task.stop_after = Some((6, stop.clone()));
-    assert!(train(start.clone(), &mut task, &args(&out, &extra), &device, stop, "t").unwrap().interrupted);
+    assert!(train(start.clone(), &task, &args(&out, &extra), &device, stop, "t").unwrap().interrupted);
     let checkpoint = std::fs::metadata(out.join("checkpoint/model.mpk")).unwrap().len();
     let whole = crate::checkpoint::model_bytes(&base).unwrap().len() as u64;
     assert!(checkpoint * 10 < whole, "the checkpoint is {checkpoint} bytes, the model {whole}");
     let mut resume_args = args(&out, &extra);
     resume_args.resume = true;
     // Other adapter values to start from: the checkpoint must replace them.
-    let resumed = train(adapted(99), &mut VecTask::new(40, 8, 16), &resume_args, &device, no_stop(), "t").unwrap();
+    let resumed = train(adapted(99), &VecTask::new(40, 8, 16), &resume_args, &device, no_stop(), "t").unwrap();
 
     let (a, b) = (train_losses(&full.log.events), train_losses(&resumed.log.events));
     assert_eq!(a.len(), 10);
@@ -459,7 +459,7 @@ fn a_qlora_run_trains_only_its_adapters_and_leaves_the_quantized_base_as_it_was(
     let out = out_dir("qlora");
     let trained = train(
         start.clone(),
-        &mut VecTask::new(40, 8, 16),
+        &VecTask::new(40, 8, 16),
         &args(&out, &["--max-steps", "20", "--lr", "1e-2"]),
         &device,
         no_stop(),

@@ -34,6 +34,19 @@ const SESSION_SETTLE: Duration = Duration::from_millis(50);
 /// How long a stopped worker still waits for an exchange under way.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
+/// Where a worker joins: its rank and the group's settings (see `launch`).
+pub(crate) struct Place {
+    pub rank: usize,
+    pub world: usize,
+    /// burn-collective's settings, one per session parity (see `helper`).
+    pub configs: [CollectiveConfig; 2],
+    /// Across machines: this node's workers, met between sessions.
+    pub sessions: Option<Arc<Barrier>>,
+    pub timeout: Duration,
+    pub failure: Arc<Failure>,
+    pub stop: Arc<AtomicBool>,
+}
+
 /// One worker's place in the run, handed to the training loop.
 pub struct Worker<B: AutodiffBackend> {
     /// 0 ..= world - 1; worker 0 writes the run.
@@ -63,16 +76,8 @@ impl<B: AutodiffBackend> Worker<B> {
     }
 
     /// Joins the group as worker `rank` (waiting, up to `timeout`, for the others to join).
-    pub(crate) fn join(
-        rank: usize,
-        world: usize,
-        device: B::Device,
-        configs: [CollectiveConfig; 2],
-        sessions: Option<Arc<Barrier>>,
-        timeout: Duration,
-        failure: Arc<Failure>,
-        stop: Arc<AtomicBool>,
-    ) -> Result<Self> {
+    pub(crate) fn join(place: Place, device: B::Device) -> Result<Self> {
+        let Place { rank, world, configs, sessions, timeout, failure, stop } = place;
         let (requests, inbox) = mpsc::channel::<Float<B::InnerBackend>>();
         let (outbox, replies) = mpsc::channel();
         let thread = std::thread::Builder::new()

@@ -174,17 +174,16 @@ where
     let run_one = |local: usize, model: Gpt<B>, device: B::Device| {
         let rank = topology.node_rank * topology.devices.len() + local;
         let (world, timeout) = (topology.world(), topology.timeout);
-        let result = Worker::join(
+        let place = collective::Place {
             rank,
             world,
-            device.clone(),
-            configs.clone(),
-            sessions.clone(),
+            configs: configs.clone(),
+            sessions: sessions.clone(),
             timeout,
-            failure.clone(),
-            stop.clone(),
-        )
-        .and_then(|worker| {
+            failure: failure.clone(),
+            stop: stop.clone(),
+        };
+        let result = Worker::join(place, device.clone()).and_then(|worker| {
             std::panic::catch_unwind(AssertUnwindSafe(|| work(worker, model, device)))
                 .unwrap_or_else(|panic| Err(anyhow!("it panicked: {}", panic_message(&*panic))))
         });

@@ -273,7 +273,7 @@ mod tests {
             "5",
         ];
         let args = TrainArgs::from_flags(&flags);
-        let outcome = crate::train(policy, &mut task, &args, &device, Arc::new(AtomicBool::new(false)), "t").unwrap();
+        let outcome = crate::train(policy, &task, &args, &device, Arc::new(AtomicBool::new(false)), "t").unwrap();
 
         let vals: Vec<_> = outcome.log.events.iter().filter(|e| e.split == "val").collect();
         let first_loss = vals[0].loss;

@@ -122,7 +122,7 @@ mod tests {
         let examples: Vec<SftExample> = qa.iter().map(|(q, a)| example(&tok, q, a)).collect();
         let set = SftDataset { examples: examples.clone(), dropped_truncated: 0, skipped_bad: 0 };
         let pad = tok.token_id(data::tokenizer::PAD).unwrap();
-        let mut task = SftTask {
+        let task = SftTask {
             train: set.clone(),
             val: set,
             questions: examples,
@@ -159,7 +159,7 @@ mod tests {
             .with_dropout(0.0);
         let model = Gpt::<CpuTrain>::new(&cfg, &Default::default());
         let outcome =
-            crate::train(model, &mut task, &args, &Default::default(), Arc::new(AtomicBool::new(false)), "t").unwrap();
+            crate::train(model, &task, &args, &Default::default(), Arc::new(AtomicBool::new(false)), "t").unwrap();
 
         let val = outcome.log.curve("val");
         assert!(val[0].1 > 4.0, "starts near ln(vocab): {:?}", val);

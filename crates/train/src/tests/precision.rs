@@ -57,7 +57,7 @@ fn run(model: &Gpt<FlexTrain>, dtype: &str, steps: &str, extra: &[&str]) -> (cra
     let mut flags = vec!["--device", "flex", "--dtype", dtype, "--max-steps", steps, "--eval-interval", "25"];
     flags.extend(extra);
     let a = args(&out, &flags);
-    (train(model.clone(), &mut VecTask::new(64, 8, 16), &a, &Default::default(), no_stop(), "t").unwrap(), out)
+    (train(model.clone(), &VecTask::new(64, 8, 16), &a, &Default::default(), no_stop(), "t").unwrap(), out)
 }
 
 #[test]
@@ -185,7 +185,7 @@ fn an_overflowing_step_is_skipped_and_changes_nothing() {
     let model = tiny_flex();
     let optim_before =
         crate::optim::Optim::new(a.optimizer, a.weight_decay, &model, &model.embedding_param_ids()).to_bytes().unwrap();
-    let outcome = train(model.clone(), &mut task, &a, &device, no_stop(), "t").unwrap();
+    let outcome = train(model.clone(), &task, &a, &device, no_stop(), "t").unwrap();
 
     let weights = |m: &Gpt<FlexTrain>| {
         let mut all: Vec<TensorData> = Vec::new();
@@ -221,17 +221,17 @@ fn a_resumed_fp16_run_goes_on_with_the_scale_it_had_reached() {
     let full_out = out_dir("precision-full");
     let mut task = VecTask::new(64, 8, 16);
     task.grad_spike_at = Some(4);
-    let full = train(model.clone(), &mut task, &args(&full_out, &flags), &Default::default(), no_stop(), "t").unwrap();
+    let full = train(model.clone(), &task, &args(&full_out, &flags), &Default::default(), no_stop(), "t").unwrap();
 
     let out = out_dir("precision-resume");
     let stop = no_stop();
     let mut task = VecTask::new(64, 8, 16);
     (task.grad_spike_at, task.stop_after) = (Some(4), Some((5, stop.clone())));
-    assert!(train(model, &mut task, &args(&out, &flags), &Default::default(), stop, "t").unwrap().interrupted);
+    assert!(train(model, &task, &args(&out, &flags), &Default::default(), stop, "t").unwrap().interrupted);
     let mut resume_args = args(&out, &flags);
     resume_args.resume = true;
     let resumed =
-        train(tiny_flex(), &mut VecTask::new(64, 8, 16), &resume_args, &Default::default(), no_stop(), "t").unwrap();
+        train(tiny_flex(), &VecTask::new(64, 8, 16), &resume_args, &Default::default(), no_stop(), "t").unwrap();
 
     let (full_scale, resumed_scale) = (&state_of(&full_out)["loss_scale"], &state_of(&out)["loss_scale"]);
     assert!(full_scale["skipped"].as_u64().unwrap() >= 1, "the spike was caught: {full_scale}");
